@@ -1,0 +1,117 @@
+"""``invbench``: the command line. Parses arguments and hands each command to the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from models import registry
+
+    rows = []
+    for name, target in registry.entries().items():
+        try:
+            cls = registry.load_target(target)
+            rows.append((name, cls.family, cls.backend, cls.capabilities.summary()))
+        except Exception as exc:  # a broken third-party entry must not hide the others
+            rows.append((name, "?", "?", f"cannot load {target}: {exc}"))
+    widths = [max(len(r[i]) for r in [("name", "family", "backend", "capabilities"), *rows]) for i in range(3)]
+    header = ("name", "family", "backend", "capabilities")
+    for r in [header, *rows]:
+        print(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from models.testing import format_report, validate
+
+    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
+    results = validate(args.model, shape=shape, seed=args.seed)
+    print(format_report(args.model, results))
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.runner import cli_run
+
+    return cli_run(args)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import cli_report
+
+    return cli_report(args)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from bench.compare import cli_compare
+
+    return cli_compare(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="invbench",
+        description="Benchmark invertible neural networks: likelihood, classification, inverse cost, stability.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("list", help="list every registered model with family, backend and capabilities")
+    sp.set_defaults(func=_cmd_list)
+
+    sp = sub.add_parser("validate", help="run the conformance checks on a model (name or module:Class)")
+    sp.add_argument("model", help="registered name (see `invbench list`) or 'module:Class'")
+    sp.add_argument("--shape", default=None, help="input shape, e.g. 4 or 1,4,4 (default: the model's test shape)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_cmd_validate)
+
+    sp = sub.add_parser("run", help="run a suite (default: quick) and write a results store")
+    sp.add_argument("--suite", default="quick", help="suite name (quick, fashion, paper) or path to a TOML file")
+    sp.add_argument("--models", nargs="+", default=None, help="restrict to these models")
+    sp.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks")
+    sp.add_argument("--datasets", nargs="+", default=None, help="restrict to these data sets")
+    sp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the suite)")
+    sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sp.add_argument("--out", default=None, help="run directory (default: runs/<suite>-<timestamp>)")
+    sp.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
+    sp.add_argument("--executor", choices=["local", "pool", "submitit"], default="local",
+                    help="where cells run: one subprocess at a time, a process pool, or Slurm via submitit")
+    sp.add_argument("--workers", type=int, default=None, help="pool workers (default: one per GPU, else 1)")
+    sp.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (overrides the suite)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(func=_cmd_run)
+
+    sp = sub.add_parser("report", help="write tables, plots and an HTML page from a results store")
+    sp.add_argument("results", help="run directory or results.jsonl")
+    sp.add_argument("-o", "--out", default=None, help="report folder (default: reports/<run name>)")
+    sp.set_defaults(func=_cmd_report)
+
+    sp = sub.add_parser("compare", help="compare two results stores; non-zero exit on regression")
+    sp.add_argument("a", help="baseline run directory or results.jsonl")
+    sp.add_argument("b", help="candidate run directory or results.jsonl")
+    sp.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
+    sp.set_defaults(func=_cmd_compare)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"invbench: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

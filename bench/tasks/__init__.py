@@ -1,0 +1,1 @@
+"""The tasks: likelihood, classification, inverse_cost, stability, logdet, cost."""

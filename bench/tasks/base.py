@@ -1,0 +1,85 @@
+"""The task contract: a task measures one aspect of one model on one data set for one seed.
+
+A task declares the capabilities it needs (``requires``); a model that lacks one gets rows with status
+``unsupported`` from the runner, without the task being called. A task returns :class:`Metric` values;
+the runner turns them into result rows (adding run id, suite, model, dataset, seed, config hash).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from bench.datasets.base import Dataset
+from models.base import Capabilities, InvertibleModel
+
+
+@dataclass
+class Metric:
+    """One measured value with its unit and direction; ``status`` other than ``ok`` leaves value None."""
+
+    name: str
+    value: float | None
+    unit: str
+    higher_is_better: bool | None
+    status: str = "ok"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Budget:
+    """The training budget shared by every model in a suite: whichever limit is hit first stops training."""
+
+    steps: int = 1000
+    seconds: float | None = None
+    batch_size: int = 256
+    lr: float = 1e-3
+
+
+@dataclass
+class TaskContext:
+    """Everything a task needs for one cell.
+
+    Attributes:
+        make_model: builds a fresh model for the data set (shape and num_classes already bound).
+        dataset: the data.
+        seed: the cell's seed (the runner has already seeded torch/numpy/random with it).
+        budget: training budget.
+        device: ``torch.device`` to run on.
+        options: task-specific options from the suite file.
+        progress: callback ``(done, total, message)`` for long loops; may be a no-op.
+        trained: a cache of trained models shared between the tasks of one (model, dataset, seed), so
+            ``inverse_cost`` and ``stability`` measure the model that ``likelihood`` trained.
+    """
+
+    make_model: Callable[[], InvertibleModel]
+    dataset: Dataset
+    seed: int
+    budget: Budget
+    device: torch.device
+    options: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[int, int, str], None] = lambda done, total, msg: None
+    trained: dict[str, InvertibleModel] = field(default_factory=dict)
+
+
+class Task(ABC):
+    """A benchmark task. Subclasses set ``name`` and ``requires`` and implement ``run``."""
+
+    name: ClassVar[str]
+    #: human-readable list of what the task needs, shown in ``unsupported`` rows
+    requires_text: ClassVar[str] = ""
+    #: the metric names the task reports (so the runner can write ``unsupported`` rows for each)
+    metrics: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    @abstractmethod
+    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
+        """Whether a model with ``caps`` can do this task on ``dataset``."""
+
+    @abstractmethod
+    def run(self, ctx: TaskContext) -> list[Metric]:
+        """Measure; raise on failure (the runner records the error as a row)."""
