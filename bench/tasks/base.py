@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -52,8 +53,10 @@ class TaskContext:
         device: ``torch.device`` to run on.
         options: task-specific options from the suite file.
         progress: callback ``(done, total, message)`` for long loops; may be a no-op.
-        trained: a cache of trained models shared between the tasks of one (model, dataset, seed), so
-            ``inverse_cost`` and ``stability`` measure the model that ``likelihood`` trained.
+        checkpoint_dir: where trained models are cached (one file per model config x dataset x seed x
+            objective x budget), so ``inverse_cost`` and ``stability`` measure the model that ``likelihood``
+            trained even though each task runs as its own cell; None disables caching.
+        model_name: the registry name of the model (for messages and file names).
     """
 
     make_model: Callable[[], InvertibleModel]
@@ -63,7 +66,8 @@ class TaskContext:
     device: torch.device
     options: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[int, int, str], None] = lambda done, total, msg: None
-    trained: dict[str, InvertibleModel] = field(default_factory=dict)
+    checkpoint_dir: Path | None = None
+    model_name: str = ""
 
 
 class Task(ABC):
