@@ -46,7 +46,8 @@ class TaskContext:
     """Everything a task needs for one cell.
 
     Attributes:
-        make_model: builds a fresh model for the data set (shape and num_classes already bound).
+        make_model: builds a fresh model for the data set (shape and num_classes already bound); keyword
+            arguments override hyper-parameters (e.g. ``make_model(depth=8)``).
         dataset: the data.
         seed: the cell's seed (the runner has already seeded torch/numpy/random with it).
         budget: training budget.
@@ -57,9 +58,11 @@ class TaskContext:
             objective x budget), so ``inverse_cost`` and ``stability`` measure the model that ``likelihood``
             trained even though each task runs as its own cell; None disables caching.
         model_name: the registry name of the model (for messages and file names).
+        artifact_dir: where a task writes arrays too large for a row (density grids, samples) with
+            :func:`save_artifact`; rows point to them by relative path in ``extra["artifact"]``.
     """
 
-    make_model: Callable[[], InvertibleModel]
+    make_model: Callable[..., InvertibleModel]
     dataset: Dataset
     seed: int
     budget: Budget
@@ -68,6 +71,24 @@ class TaskContext:
     progress: Callable[[int, int, str], None] = lambda done, total, msg: None
     checkpoint_dir: Path | None = None
     model_name: str = ""
+    artifact_dir: Path | None = None
+    task_name: str = ""
+
+
+def save_artifact(ctx: TaskContext, name: str, **arrays: Any) -> str | None:
+    """Save numpy-convertible arrays as ``<artifact_dir>/<task>/<model>__<dataset>__s<seed>__<name>.npz``.
+
+    Returns the path relative to the run directory (``artifact_dir``'s parent), or None when artifacts are off.
+    """
+    if ctx.artifact_dir is None:
+        return None
+    import numpy as np
+
+    folder = ctx.artifact_dir / (ctx.task_name or "misc")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{ctx.model_name}__{ctx.dataset.name}__s{ctx.seed}__{name}.npz"
+    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    return str(path.relative_to(ctx.artifact_dir.parent))
 
 
 class Task(ABC):
