@@ -245,10 +245,11 @@ class InvertibleModel(nn.Module, ABC):
 
     # ----------------------------------------------------------------------------------- helpers
     def _reference_tensor(self) -> Tensor:
-        for t in self.parameters():
-            return t
-        for t in self.buffers():
-            return t
+        """A tensor whose device and dtype the model's own tensors have (first parameter or buffer)."""
+        for p in self.parameters():
+            return p
+        for b in self.buffers():
+            return b
         return torch.empty(0)
 
     def extra_repr(self) -> str:

@@ -14,10 +14,11 @@ Checks (names are the keys of ``InvertibleModel.known_defects``):
   for exact adapters; for estimators, bias and standard deviation over repeated draws, passing when
   ``|bias| <= logdet_tol + 4 * standard error``.
 - ``log_prob``: ``log_prob(x) == N(z; 0, I) + ladj`` (density models).
-- ``gradients``: every trainable parameter gets a finite gradient from the training loss (``-log_prob`` or
-  cross-entropy of ``logits``), and for density models that are not volume-preserving the gradient of ``ladj``
-  with respect to the parameters agrees with the gradient of the exact log-det (cosine >= 0.9 and relative norm
-  error <= 0.25; estimators averaged over draws). A log-det that carries no gradient fails here.
+- ``gradients``: every trainable parameter gets a finite gradient from the training loss (``-log_prob``, the
+  cross-entropy of ``logits``, or the sum of both for hybrid models), and for density models that are not
+  volume-preserving the gradient of ``ladj`` with respect to the parameters agrees with the gradient of the
+  exact log-det (cosine >= 0.9 and relative norm error <= 0.25; estimators averaged over draws). A log-det
+  that carries no gradient fails here.
 - ``state_dict``: ``type(m)(**m.config())`` with ``m.state_dict()`` reproduces ``m``'s outputs; the config is JSON.
 - ``eval_deterministic``: two ``eval()`` forward passes give identical ``z``.
 - ``dtype_float64``: after ``.to(torch.float64)`` the outputs are float64.
@@ -188,10 +189,14 @@ def check_log_prob(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int
 
 
 def _loss(model: InvertibleModel, x: Tensor) -> Tensor:
+    """The training loss: -log_prob for density models, plus cross-entropy of the logits for classifiers."""
+    loss = x.new_zeros(())
     if model.capabilities.density:
-        return -model.log_prob(x).mean()
-    labels = torch.arange(x.shape[0]) % (model.num_classes or 2)
-    return torch.nn.functional.cross_entropy(model.logits(x), labels)
+        loss = loss - model.log_prob(x).mean()
+    if model.capabilities.classifier:
+        labels = torch.arange(x.shape[0]) % (model.num_classes or 2)
+        loss = loss + torch.nn.functional.cross_entropy(model.logits(x), labels)
+    return loss
 
 
 def _param_grads(params: list[torch.nn.Parameter], fn: Callable[[], Tensor]) -> Tensor | None:
