@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the suite)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sp.add_argument("--out", default=None, help="run directory (default: runs/<suite>-<timestamp>)")
+    sp.add_argument("--data-dir", default=None,
+                    help="folder searched first for Fashion-MNIST, MNIST, CIFAR-10 files; see $INVBENCH_DATA")
     sp.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
     sp.add_argument("--executor", choices=["local", "pool", "submitit"], default="local",
                     help="where cells run: one subprocess at a time, a process pool, or Slurm via submitit")

@@ -1,8 +1,8 @@
 """The data-set contract shared by every loader and every task.
 
 All tensors are float32 on the CPU; tasks move them. Discrete data (digits, images) is stored as
-``(k + 0.5) / levels`` for evaluation and dequantised with fresh uniform noise for training
-(see ``bench.units`` for the convention that bits/dim depends on).
+``k / levels`` and dequantised with uniform noise (``x = (k + u) / levels``) for both training and evaluation;
+evaluation uses a fixed generator (see ``bench.units`` for the convention that bits/dim depends on).
 """
 
 from __future__ import annotations
