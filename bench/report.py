@@ -1,0 +1,168 @@
+"""``invbench report RESULTS [-o DIR]``: tables, plots and an HTML page from a results store.
+
+The report folder holds:
+
+- ``README.md``: the command that regenerates it, one table per (task, data set) (see
+  :mod:`bench.report_tables` for the cell format), the paper references beside the measured values
+  (:mod:`bench.references`), the plots (and a note for each plot kind without data), the run record;
+- ``index.html``: the same on one self-contained page (images by relative path);
+- ``rows.csv`` (every row, tidy), ``tables/<task>__<dataset>.csv`` (one summary per table, long form),
+  ``tables/<task>__<dataset>.tex`` and ``tables/tables.tex`` (LaTeX, booktabs), ``references.csv``;
+- ``plots/*.png``.
+
+Nothing in it depends on the time it was made, so a report regenerated from the same store is identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench.references import REFERENCE_FIELDS, match_references, reference_records
+from bench.report_html import render_page
+from bench.report_plots import Plot, Skipped, make_plots
+from bench.report_tables import (
+    ROW_FIELDS,
+    SUMMARY_FIELDS,
+    Store,
+    Table,
+    build_tables,
+    load_store,
+    row_records,
+    summary_records,
+    to_latex,
+    to_markdown,
+    write_csv,
+)
+from bench.results import STATUSES
+
+LEGEND = ("Cells: mean ± std over seeds (n_ok/n_total). Bold: best of its column among rows with the same input "
+          "and settings (↑ higher is better, ↓ lower is better, |·| ↓ closest to zero; columns without a direction "
+          "are not judged). A status (unsupported, diverged k/n, error k/n, ...) counts the rows that gave no value; "
+          "— means no row.")
+
+
+#: run-record keys shown first (machine, device, versions, commit), the rest follow in file order
+RECORD_FIRST: tuple[str, ...] = ("fixture", "run_id", "suite", "start_time", "started", "end_time", "finished",
+                                 "command", "argv", "git", "hostname", "os", "cpu", "cpu_count", "device", "gpus",
+                                 "cuda_version", "cudnn_version", "python", "versions")
+
+
+def flatten_record(record: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """The run record as ``(dotted key, text)`` pairs: :data:`RECORD_FIRST` keys first, then file order."""
+    out: list[tuple[str, str]] = []
+    keys = [k for k in RECORD_FIRST if k in record] if not prefix else []
+    keys += [k for k in record if k not in keys]
+    for key in keys:
+        value = record[key]
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out += flatten_record(value, name + ".")
+        elif isinstance(value, list) and all(isinstance(v, str | int | float | bool) or v is None for v in value):
+            out.append((name, " ".join(shlex.quote(str(v)) for v in value) if key in ("argv", "command")
+                        else ", ".join(str(v) for v in value)))
+        elif isinstance(value, dict | list):
+            out.append((name, json.dumps(value, sort_keys=True)))
+        else:
+            out.append((name, str(value)))
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", r"\|").replace("\n", " ")
+
+
+def _status_summary(store: Store) -> str:
+    counts = Counter(r.status for r in store.rows)
+    order = sorted(counts, key=lambda s: (STATUSES.index(s) if s in STATUSES else 99, s))
+    return ", ".join(f"{s} {counts[s]}" for s in order) or "none"
+
+
+def render_readme(store: Store, command: str, tables: Sequence[Table], references: Sequence[dict[str, str]],
+                  plots: Sequence[Plot], skipped: Sequence[Skipped]) -> str:
+    """The report's README.md."""
+    lines = [
+        f"# invbench report: {store.name}",
+        "",
+        "Regenerate with:",
+        "",
+        "```",
+        command,
+        "```",
+        "",
+        f"{len(store.rows)} rows ({_status_summary(store)}) in {len(tables)} tables. {LEGEND}",
+        "",
+    ]
+    task = None
+    for table in tables:
+        if table.task != task:
+            task = table.task
+            lines += [f"## {task}", ""]
+        lines += [f"### {table.title}", "", to_markdown(table)]
+    lines += ["## Paper references", "",
+              "The paper's number beside the measured one for the same model family, data set and metric; "
+              "status [to verify] numbers still have to be checked against the paper before they are quoted.", ""]
+    lines.append("| " + " | ".join(REFERENCE_FIELDS) + " |")
+    lines.append("|" + "---|" * len(REFERENCE_FIELDS))
+    lines += ["| " + " | ".join(_md_escape(r[f]) for f in REFERENCE_FIELDS) + " |" for r in references]
+    lines += ["", "## Plots", ""]
+    for plot in plots:
+        lines += [f"![{plot.title}]({plot.path})", ""]
+    if skipped:
+        lines += ["Not drawn:", ""]
+        lines += [f"- {s.kind}: {s.reason}" for s in skipped]
+        lines.append("")
+    lines += ["## Run record", ""]
+    record = flatten_record(store.record)
+    if record:
+        lines += ["| key | value |", "|---|---|"]
+        lines += [f"| {_md_escape(k)} | {_md_escape(v)} |" for k, v in record]
+    else:
+        lines.append("No run.json beside the results.")
+    lines += ["", "## Files", "",
+              "`rows.csv` (every row), `tables/*.csv` (one summary per table), `tables/*.tex` and `tables/tables.tex` "
+              "(LaTeX, needs `\\usepackage{booktabs}`), `references.csv`, `index.html` (this page with the plots).",
+              ""]
+    return "\n".join(lines)
+
+
+def write_report(results: str | Path, out: str | Path | None = None, command: str | None = None) -> Path:
+    """Write the report of the store at ``results`` into ``out`` (default ``reports/<run dir name>``)."""
+    store = load_store(results)
+    out_dir = Path(out) if out is not None else Path("reports") / store.name
+    if command is None:
+        command = f"invbench report {shlex.quote(str(results))} -o {shlex.quote(str(out_dir))}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = build_tables(store.rows)
+    write_csv(out_dir / "rows.csv", ROW_FIELDS, row_records(store.rows, store.record))
+    tex = []
+    for table in tables:
+        write_csv(out_dir / "tables" / f"{table.slug}.csv", SUMMARY_FIELDS, summary_records(table))
+        latex = to_latex(table)
+        (out_dir / "tables" / f"{table.slug}.tex").write_text(latex, encoding="utf-8")
+        tex.append(latex)
+    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    (out_dir / "tables" / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n".join(tex),
+                                                   encoding="utf-8")
+    references = reference_records(match_references(store.rows, store.record))
+    write_csv(out_dir / "references.csv", REFERENCE_FIELDS, references)
+    plots, skipped = make_plots(store, out_dir)
+    (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped),
+                                       encoding="utf-8")
+    page = render_page(f"invbench report: {store.name}", command, LEGEND, flatten_record(store.record), tables,
+                       references, plots, skipped)
+    (out_dir / "index.html").write_text(page, encoding="utf-8")
+    return out_dir
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    """``invbench report``: ``args.results`` (run dir or results.jsonl), ``args.out`` (report folder or None)."""
+    argv = ["invbench", "report", str(args.results)] + (["-o", str(args.out)] if args.out else [])
+    out_dir = write_report(args.results, args.out, command=" ".join(shlex.quote(a) for a in argv))
+    print(f"report written to {out_dir / 'README.md'} and {out_dir / 'index.html'}")
+    return 0

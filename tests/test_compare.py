@@ -1,0 +1,117 @@
+"""``invbench compare A B``: per-key relative change, verdict by direction, exit 1 on regression only."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.compare import compare_rows
+from bench.results import Row, append_rows
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+
+
+def rows(**changes: tuple[list[float | None], list[str]]) -> list[Row]:
+    """A baseline store (two seeds per metric); ``changes`` replaces a metric's (values, statuses)."""
+    base: dict[str, tuple[list[float | None], list[str], bool | None]] = {
+        "test_nll": ([1.0, 1.2], ["ok", "ok"], False),
+        "test_accuracy": ([0.90, 0.92], ["ok", "ok"], True),
+        "train_time": ([10.0, 12.0], ["ok", "ok"], None),
+        "logdet_bias[terms=5,probes=1]": ([-0.1, -0.1], ["ok", "ok"], None),
+        "recon_err": ([1e-6, 1e-6], ["ok", "ok"], False),
+    }
+    out = []
+    for metric, (values, statuses, hib) in base.items():
+        if metric in changes:
+            values, statuses = changes[metric]
+        for seed, (v, s) in enumerate(zip(values, statuses, strict=True)):
+            out.append(Row("r", "s", "iresnet-native", "t", "moons", seed, metric, v if s == "ok" else None, "u",
+                           hib, s))
+    return out
+
+
+def store(path: Path, data: list[Row]) -> str:
+    append_rows(path / "results.jsonl", data)
+    return str(path)
+
+
+def verdicts(b: list[Row], threshold: float = 0.05) -> dict[str, tuple[float | None, str, bool]]:
+    return {c.key[3]: (c.rel, c.verdict, c.regression) for c in compare_rows(rows(), b, threshold)}
+
+
+def test_identical_stores_pass(tmp_path: Path) -> None:
+    a = store(tmp_path / "a", rows())
+    assert main(["compare", a, a]) == 0
+    assert main(["compare", str(FIXTURE), str(FIXTURE / "results.jsonl")]) == 0
+    assert all(v[1] == "same" or v[1] == "not judged" for v in verdicts(rows()).values())
+
+
+def test_lower_is_better_metric_regresses_beyond_threshold_only(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    a = store(tmp_path / "a", rows())
+    b = store(tmp_path / "b", rows(test_nll=([1.1, 1.32], ["ok", "ok"])))  # +10 %
+    assert main(["compare", a, b, "--threshold", "0.05"]) == 1
+    out = capsys.readouterr().out
+    assert "REGRESSION: worse" in out and "1 regression(s)" in out
+    assert main(["compare", a, b, "--threshold", "0.2"]) == 0
+    rel, verdict, regression = verdicts(rows(test_nll=([1.1, 1.32], ["ok", "ok"])))["test_nll"]
+    assert rel == pytest.approx(0.1) and verdict == "worse" and regression
+    assert verdicts(rows(test_nll=([0.9, 1.08], ["ok", "ok"])))["test_nll"][1:] == ("better", False)
+
+
+def test_higher_is_better_metric(tmp_path: Path) -> None:
+    a = store(tmp_path / "a", rows())
+    down = store(tmp_path / "down", rows(test_accuracy=([0.80, 0.82], ["ok", "ok"])))
+    up = store(tmp_path / "up", rows(test_accuracy=([0.99, 0.99], ["ok", "ok"])))
+    assert main(["compare", a, down]) == 1
+    assert main(["compare", a, up]) == 0
+    small = verdicts(rows(test_accuracy=([0.89, 0.91], ["ok", "ok"])))["test_accuracy"]
+    assert small[1:] == ("worse (within threshold)", False)
+
+
+def test_status_change_is_a_regression_and_its_fix_is_not(tmp_path: Path) -> None:
+    a = store(tmp_path / "a", rows())
+    broken = rows(test_accuracy=([0.90, None], ["ok", "error"]))
+    assert main(["compare", a, store(tmp_path / "b", broken)]) == 1
+    assert verdicts(broken)["test_accuracy"][2]
+    # the reverse direction: B recovers what A lost
+    assert main(["compare", store(tmp_path / "c", broken), a]) == 0
+
+
+def test_undirected_metrics_are_not_judged(tmp_path: Path) -> None:
+    b = rows(train_time=([20.0, 24.0], ["ok", "ok"]))  # twice as slow, but no direction
+    rel, verdict, regression = verdicts(b)["train_time"]
+    assert rel == pytest.approx(1.0) and verdict == "not judged" and not regression
+    assert main(["compare", store(tmp_path / "a", rows()), store(tmp_path / "b", b)]) == 0
+
+
+def test_signed_bias_is_judged_by_magnitude() -> None:
+    flipped = verdicts(rows(**{"logdet_bias[terms=5,probes=1]": ([0.1, 0.1], ["ok", "ok"])}))
+    assert flipped["logdet_bias[terms=5,probes=1]"][1:] == ("same", False)
+    grown = verdicts(rows(**{"logdet_bias[terms=5,probes=1]": ([0.3, 0.3], ["ok", "ok"])}))
+    assert grown["logdet_bias[terms=5,probes=1]"][2]
+
+
+def test_non_finite_values_and_missing_keys() -> None:
+    nan = verdicts(rows(recon_err=([math.nan, 1e-6], ["ok", "ok"])))["recon_err"]
+    assert nan[2], "a lower-is-better metric that became nan regresses"
+    inf = verdicts(rows(test_accuracy=([math.inf, math.inf], ["ok", "ok"])))["test_accuracy"]
+    assert not inf[2]
+    dropped = [r for r in rows() if r.metric != "recon_err"]
+    changes = {c.key[3]: c for c in compare_rows(rows(), dropped, 0.05)}
+    assert changes["recon_err"].verdict == "missing in B" and not changes["recon_err"].regression
+    extra = [*rows(), Row("r", "s", "iresnet-native", "t", "moons", 0, "new_metric", 1.0, "u", True)]
+    changes = {c.key[3]: c for c in compare_rows(rows(), extra, 0.05)}
+    assert changes["new_metric"].verdict == "new in B" and not changes["new_metric"].regression
+
+
+def test_zero_baseline_and_bad_threshold() -> None:
+    zero = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.0, "u", False)]
+    worse = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.2, "u", False)]
+    (change,) = compare_rows(zero, worse, 0.05)
+    assert change.rel == math.inf and change.regression
+    with pytest.raises(ValueError, match="threshold"):
+        compare_rows(zero, worse, -1.0)
