@@ -87,7 +87,8 @@ def save_artifact(ctx: TaskContext, name: str, **arrays: Any) -> str | None:
     folder = ctx.artifact_dir / (ctx.task_name or "misc")
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{ctx.model_name}__{ctx.dataset.name}__s{ctx.seed}__{name}.npz"
-    np.savez_compressed(path, **{k: np.asarray(v) for k, v in arrays.items()})
+    payload: dict[str, Any] = {k: np.asarray(v) for k, v in arrays.items()}
+    np.savez_compressed(path, **payload)
     return str(path.relative_to(ctx.artifact_dir.parent))
 
 

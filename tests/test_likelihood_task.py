@@ -1,0 +1,310 @@
+"""The ``likelihood`` task: KL gap against a known entropy, units, divergence, log-det evaluation, artifacts."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bench.datasets.base import Dataset
+from bench.tasks.base import Budget, Metric, TaskContext
+from bench.tasks.likelihood import (
+    HIGH_PRECISION,
+    LikelihoodTask,
+    cheapest_settings,
+    exact_forward,
+    high_precision_settings,
+)
+from bench.tasks.registry import get_task
+from bench.tasks.training import fixed_test_x
+from bench.units import bits_per_dim
+from models.base import Capabilities, InvertibleModel, standard_normal_log_prob
+from models.jacobian import jacobian_slogdet
+from models.template import LinearFlow
+
+CPU = torch.device("cpu")
+
+
+def gaussian_dataset(d: int, n: int = 4000, seed: int = 0) -> tuple[Dataset, Tensor]:
+    """N(mu, Sigma) with a fixed non-diagonal Sigma; returns the data set and Sigma."""
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(d, d, generator=g, dtype=torch.float64) * 0.6 + torch.diag(torch.linspace(0.5, 2.0, d,
+                                                                                             dtype=torch.float64))
+    sigma = a @ a.T
+    mu = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)
+    dist = torch.distributions.MultivariateNormal(mu, covariance_matrix=sigma)
+    torch.manual_seed(seed + 1)
+    train, test = dist.sample((n,)).float(), dist.sample((n,)).float()
+    entropy = 0.5 * float(torch.logdet(2 * math.pi * math.e * sigma))
+    return Dataset(name=f"gauss{d}", kind="vector", train_x=train, test_x=test,
+                   log_density=lambda x: dist.log_prob(x.double()).float(), entropy=entropy), sigma
+
+
+def make_ctx(make_model: Any, dataset: Dataset, budget: Budget, tmp: Path | None = None, seed: int = 0,
+             **options: Any) -> TaskContext:
+    return TaskContext(make_model=make_model, dataset=dataset, seed=seed, budget=budget, device=CPU,
+                       options=options, model_name="test-model", task_name="likelihood",
+                       artifact_dir=None if tmp is None else tmp / "artifacts")
+
+
+def by_name(metrics: list[Metric]) -> dict[str, Metric]:
+    return {m.name: m for m in metrics}
+
+
+def test_registry_resolves_task() -> None:
+    assert get_task("likelihood") is LikelihoodTask
+
+
+def test_linear_flow_reaches_zero_kl_gap_on_gaussian() -> None:
+    dataset, _ = gaussian_dataset(3)
+    budget = Budget(steps=200, batch_size=256, lr=0.02)
+    metrics = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((3,)), dataset, budget)))
+    gap = metrics["kl_gap"]
+    assert gap.status == "ok" and gap.value is not None
+    nll = metrics["test_nll"].value
+    assert nll is not None
+    assert gap.value == pytest.approx(nll - dataset.entropy)  # type: ignore[operator]
+    # Within sampling error of 0: the test-set NLL of the true density has the same spread.
+    stderr = metrics["test_nll"].extra["stderr"]
+    assert stderr == pytest.approx(math.sqrt(3 / 2) / math.sqrt(4000), rel=0.15)  # std of -log p is sqrt(D/2)
+    assert abs(gap.value) < 4 * stderr
+    # Paired with the true density on the same test points the noise cancels: KL(p||q) is small and >= ~0.
+    assert dataset.log_density is not None
+    nll_true = float(-dataset.log_density(dataset.test_x).double().mean())
+    assert -0.01 < nll - nll_true < 0.01
+
+
+def test_metric_names_units_and_directions() -> None:
+    dataset, _ = gaussian_dataset(2, n=500)
+    metrics = LikelihoodTask().run(make_ctx(lambda: LinearFlow((2,)), dataset, Budget(steps=5, batch_size=64)))
+    units = {m.name: (m.unit, m.higher_is_better, m.status) for m in metrics}
+    assert units == {
+        "test_nll": ("nats", False, "ok"), "test_bpd": ("bits/dim", False, "ok"), "kl_gap": ("nats", False, "ok"),
+        "train_time": ("s", False, "ok"), "train_steps": ("steps", None, "ok"),
+    }
+    assert set(units) == set(LikelihoodTask.metrics)
+    m = by_name(metrics)
+    assert m["test_bpd"].value == pytest.approx(m["test_nll"].value / (2 * math.log(2)))  # type: ignore[operator]
+    assert m["train_steps"].value == 5
+    assert m["test_nll"].extra["logdet_eval"] == "exact"
+
+
+def test_kl_gap_only_with_known_entropy() -> None:
+    dataset, _ = gaussian_dataset(2, n=300)
+    dataset.entropy = None
+    names = [m.name for m in LikelihoodTask().run(make_ctx(lambda: LinearFlow((2,)), dataset, Budget(steps=2)))]
+    assert "kl_gap" not in names and "test_nll" in names
+
+
+def test_supports_density_models_of_the_right_input_kind() -> None:
+    dataset, _ = gaussian_dataset(2, n=10)
+    assert LikelihoodTask.supports(Capabilities(density=True), dataset)
+    assert not LikelihoodTask.supports(Capabilities(density=False, classifier=True), dataset)
+    assert not LikelihoodTask.supports(Capabilities(inputs=("image",)), dataset)
+
+
+class NaNFlow(LinearFlow):
+    """Returns NaN log-det in training mode (``when="train"``) or in eval mode (``when="eval"``)."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, when: str = "train") -> None:
+        super().__init__(shape, num_classes)
+        self._hparams["when"] = when
+        self.when = when
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, ladj = super().forward(x)
+        if self.training == (self.when == "train"):
+            ladj = ladj * math.nan
+        return z, ladj
+
+
+@pytest.mark.parametrize("when", ["train", "eval"])
+def test_nan_model_gives_diverged_rows(when: str) -> None:
+    dataset, _ = gaussian_dataset(2, n=200)
+    metrics = by_name(LikelihoodTask().run(make_ctx(lambda: NaNFlow((2,), when=when), dataset, Budget(steps=10))))
+    for name in ("test_nll", "test_bpd", "kl_gap"):
+        assert metrics[name].status == "diverged" and metrics[name].value is None
+    assert metrics["train_steps"].value == (0 if when == "train" else 10)
+    assert metrics["train_time"].extra["diverged"] is (when == "train")
+
+
+class ResidualToy(InvertibleModel):
+    """An i-ResNet-like block ``z = x + c tanh(A x + b)`` (Behrmann et al., ICML 2019) with Lip(c tanh(A.)) < 1.
+
+    Declares a log-det *estimator* whose estimate is the exact value plus a bias ``1 / terms``, so a test can
+    tell which log-det the task used. ``x``: (B, D) -> ``z``: (B, D), ``ladj``: (B,).
+    """
+
+    family = "toyres"
+    backend = "test"
+    capabilities = Capabilities(density=True, logdet="estimator", inverse="iterative")
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, terms: int = 2) -> None:
+        super().__init__(shape, num_classes, terms=terms)
+        g = torch.Generator().manual_seed(3)
+        a = torch.randn(self.dim, self.dim, generator=g)
+        self.a = nn.Parameter(0.7 * a / torch.linalg.matrix_norm(a, ord=2))
+        self.b = nn.Parameter(0.1 * torch.randn(self.dim, generator=g))
+        self.terms = terms
+        self.configured: list[dict[str, Any]] = []
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        u = x @ self.a.T + self.b
+        z = x + torch.tanh(u)
+        jac = torch.eye(self.dim, dtype=x.dtype) + (1 - torch.tanh(u) ** 2).unsqueeze(2) * self.a
+        return z, torch.linalg.slogdet(jac)[1] + 1.0 / self.terms
+
+    def inverse(self, z: Tensor) -> Tensor:
+        x = z
+        for _ in range(200):
+            x = z - torch.tanh(x @ self.a.T + self.b)
+        return x
+
+    def estimator_settings(self) -> dict[str, Any]:
+        return {"terms": self.terms}
+
+    def configure_estimator(self, **settings: Any) -> None:
+        self.configured.append(dict(settings))
+        self.terms = int(settings["terms"])
+
+
+def test_batched_exact_logdet_matches_autograd_slogdet() -> None:
+    torch.manual_seed(0)
+    model = ResidualToy((4,)).double().eval()
+    y = torch.randn(7, 4, dtype=torch.float64)
+    z, ladj = exact_forward(model, y)
+    torch.testing.assert_close(ladj, jacobian_slogdet(lambda v: model(v)[0], y))
+    torch.testing.assert_close(z, model(y)[0])
+    # the model's own "estimate" carries its declared bias, which the exact path must not
+    torch.testing.assert_close(model(y)[1] - ladj, torch.full((7,), 0.5, dtype=torch.float64))
+
+
+def test_estimator_model_scored_with_exact_logdet_at_small_dim() -> None:
+    dataset, _ = gaussian_dataset(2, n=300)
+    holder: list[ResidualToy] = []
+
+    def make() -> ResidualToy:
+        holder.append(ResidualToy((2,)))
+        return holder[-1]
+
+    metrics = by_name(LikelihoodTask().run(make_ctx(make, dataset, Budget(steps=5, batch_size=64))))
+    nll = metrics["test_nll"]
+    assert nll.extra["logdet_eval"] == "exact"
+    model = holder[-1]
+    x = dataset.test_x
+    with torch.no_grad():
+        z = model(x)[0]
+    expected = -(standard_normal_log_prob(z) + jacobian_slogdet(lambda v: model(v)[0], x)).mean()
+    assert nll.value == pytest.approx(float(expected), abs=1e-4)
+    # the Jacobian pass ran with the cheapest estimator (its estimate is discarded), restored afterwards
+    assert nll.extra["eval_estimator_settings"] == {"terms": 1}
+    assert model.configured == [{"terms": 1}, {"terms": 2}] and model.estimator_settings() == {"terms": 2}
+
+
+def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> None:
+    dataset, _ = gaussian_dataset(2, n=300)
+    holder: list[ResidualToy] = []
+
+    def make() -> ResidualToy:
+        holder.append(ResidualToy((2,), terms=2))
+        return holder[-1]
+
+    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0)
+    nll = by_name(LikelihoodTask().run(ctx))["test_nll"]
+    model = holder[-1]
+    assert nll.extra["logdet_eval"] == "estimator"
+    used = nll.extra["eval_estimator_settings"]
+    assert used["terms"] > 2 and model.configured == [used, {"terms": 2}]
+    assert model.estimator_settings() == {"terms": 2}
+    with torch.no_grad():
+        expected = -model.log_prob(dataset.test_x).mean() + 0.5 - 1.0 / used["terms"]
+    assert nll.value == pytest.approx(float(expected), abs=1e-4)
+
+
+def test_estimator_setting_changes_touch_only_counts() -> None:
+    current = {"n_terms": 5, "n_probes": 1, "roulette": True, "tol": 1e-5, "max_terms": 400, "probe": "gaussian"}
+    # only the changes, so adapters that accept just some keys can take them (and restore them)
+    assert high_precision_settings(current) == {"n_terms": HIGH_PRECISION["term"], "n_probes": HIGH_PRECISION["probe"]}
+    assert HIGH_PRECISION["term"] > 5 and HIGH_PRECISION["probe"] > 1
+    assert cheapest_settings({"terms": 5, "exact_terms": 2, "probes": 1, "max_terms": 100, "neumann": True}) == {
+        "terms": 1, "exact_terms": 1}
+
+
+def test_density_grid_artifact_for_2d_data(tmp_path: Path) -> None:
+    dataset, _ = gaussian_dataset(2, n=2000)
+    holder: list[LinearFlow] = []
+
+    def make() -> LinearFlow:
+        holder.append(LinearFlow((2,)))
+        return holder[-1]
+
+    ctx = make_ctx(make, dataset, Budget(steps=300, batch_size=256, lr=0.03), tmp=tmp_path)
+    nll = by_name(LikelihoodTask().run(ctx))["test_nll"]
+    rel = nll.extra["artifact"]
+    grid = np.load(tmp_path / rel)
+    xs, ys, lpm, lpt = grid["x"], grid["y"], grid["logp_model"], grid["logp_true"]
+    assert xs.shape == ys.shape == (128,) and lpm.shape == lpt.shape == (128, 128)
+    assert xs.min() < float(dataset.test_x[:, 0].min()) and xs.max() > float(dataset.test_x[:, 0].max())
+    assert ys.min() < float(dataset.test_x[:, 1].min()) and ys.max() > float(dataset.test_x[:, 1].max())
+    # layout: [i, j] is the point (x[j], y[i])
+    i, j = 17, 90
+    point = torch.tensor([[xs[j], ys[i]]], dtype=torch.float32)
+    with torch.no_grad():
+        assert lpm[i, j] == pytest.approx(float(holder[-1].log_prob(point)), abs=1e-4)
+    assert lpt[i, j] == pytest.approx(float(dataset.log_density(point)), abs=1e-4)  # type: ignore[misc]
+    # both densities integrate to ~1 over a box that holds nearly all the mass
+    cell = (xs[1] - xs[0]) * (ys[1] - ys[0])
+    assert np.exp(lpt).sum() * cell == pytest.approx(1.0, abs=0.02)
+    assert np.exp(lpm).sum() * cell == pytest.approx(1.0, abs=0.03)
+
+
+def discrete_image_dataset(levels: int = 17, n: int = 600) -> Dataset:
+    """(1, 2, 2) images of correlated integer levels stored as k / levels."""
+    g = torch.Generator().manual_seed(5)
+    base = torch.randint(3, levels - 3, (2 * n, 1, 1, 1), generator=g)
+    k = (base + torch.randint(-3, 4, (2 * n, 1, 2, 2), generator=g)).clamp(0, levels - 1)
+    x = k.float() / levels
+    return Dataset(name="tinyimg", kind="image", train_x=x[:n], test_x=x[n:], levels=levels)
+
+
+def test_discrete_images_bpd_and_samples(tmp_path: Path) -> None:
+    dataset = discrete_image_dataset()
+    holder: list[LinearFlow] = []
+
+    def make() -> LinearFlow:
+        holder.append(LinearFlow((1, 2, 2)))
+        return holder[-1]
+
+    budget = Budget(steps=200, batch_size=128, lr=0.03)
+    metrics = by_name(LikelihoodTask().run(make_ctx(make, dataset, budget, tmp=tmp_path)))
+    nll, bpd = metrics["test_nll"].value, metrics["test_bpd"].value
+    assert nll is not None and bpd is not None
+    assert bpd == pytest.approx(float(bits_per_dim(nll, 4, 17)))
+    assert bpd == pytest.approx((nll + 4 * math.log(17)) / (4 * math.log(2)))
+    # bpd >= 0 since it bounds -log2 P(k) of a discrete distribution; fitting must beat the uniform density
+    # on the unit cube, whose bound is exactly log2(17) bits/dim
+    assert 0.0 < bpd < math.log2(17)
+    x = fixed_test_x(dataset, 0)
+    assert not torch.equal(x, dataset.test_x) and bool(((x - dataset.test_x) * 17).lt(1).all())
+    with torch.no_grad():
+        assert nll == pytest.approx(float(-holder[-1].log_prob(x).double().mean()), abs=1e-4)
+    samples = np.load(tmp_path / metrics["test_nll"].extra["artifact"])["x"]
+    assert samples.shape == (64, 1, 2, 2) and np.isfinite(samples).all()
+    assert "kl_gap" not in metrics
+
+
+def test_eval_draws_average_fixed_dequantisations() -> None:
+    dataset = discrete_image_dataset(n=200)
+    budget = Budget(steps=20, batch_size=64, lr=0.03)
+    one = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((1, 2, 2)), dataset, budget)))["test_nll"]
+    again = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((1, 2, 2)), dataset, budget)))["test_nll"]
+    three = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((1, 2, 2)), dataset, budget,
+                                                  eval_draws=3)))["test_nll"]
+    assert one.value == again.value and one.extra["dequant_draws"] == 1
+    assert three.value != one.value and three.extra["dequant_draws"] == 3
