@@ -23,6 +23,7 @@ Checks (names are the keys of ``InvertibleModel.known_defects``):
 - ``eval_deterministic``: two ``eval()`` forward passes give identical ``z``.
 - ``dtype_float64``: after ``.to(torch.float64)`` the outputs are float64.
 - ``logits``: classifiers return (B, num_classes).
+- ``inputs_untouched``: ``forward`` leaves the caller's tensor as it was (values and ``requires_grad``).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def check_roundtrip(cls: type[InvertibleModel], shape: tuple[int, ...], seed: in
     with torch.no_grad():
         z, _ = model(x)
         x_rec, info = model.invert(z)
-    err = float((x_rec - x).abs().max())
+    err = float((x_rec.detach() - x.detach()).abs().max())
     ok = err <= cls.roundtrip_tol and math.isfinite(err)
     figure = f"max err {_fmt(err)} (tol {_fmt(cls.roundtrip_tol)})"
     if cls.capabilities.inverse == "iterative":
@@ -312,6 +313,18 @@ def check_logits(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) 
     return tuple(out.shape) == expected, f"logits {tuple(out.shape)} (expected {expected})"
 
 
+def check_inputs_untouched(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
+    model = _build(cls, shape, seed, torch.float32).eval()
+    x = _inputs(shape, BATCH, seed)
+    before = x.clone()
+    with torch.no_grad():
+        model(x)
+    ok = not x.requires_grad and torch.equal(x.detach(), before)
+    if ok:
+        return True, "forward left the caller's input unchanged"
+    return False, f"forward changed the caller's input (requires_grad={x.requires_grad})"
+
+
 CHECKS: dict[str, Callable[[type[InvertibleModel], tuple[int, ...], int], tuple[bool, str]]] = {
     "shapes": check_shapes,
     "ladj_tensor": check_ladj_tensor,
@@ -323,6 +336,7 @@ CHECKS: dict[str, Callable[[type[InvertibleModel], tuple[int, ...], int], tuple[
     "eval_deterministic": check_eval_deterministic,
     "dtype_float64": check_dtype_float64,
     "logits": check_logits,
+    "inputs_untouched": check_inputs_untouched,
 }
 
 
