@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-dir", default=None,
                     help="folder searched first for Fashion-MNIST, MNIST, CIFAR-10 files; see $INVBENCH_DATA")
     sp.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
-    sp.add_argument("--executor", choices=["local", "pool", "submitit"], default="local",
+    sp.add_argument("--executor", choices=["inprocess", "local", "pool", "submitit"], default="local",
                     help="where cells run: one subprocess at a time, a process pool, or Slurm via submitit")
     sp.add_argument("--workers", type=int, default=None, help="pool workers (default: one per GPU, else 1)")
     sp.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (overrides the suite)")

@@ -1,0 +1,415 @@
+"""``invbench run``: plan a suite's cells, run them through an executor, and keep a resumable run directory.
+
+A cell is (model, dataset, seed, task). For each (model, dataset, seed) the training tasks run first so the
+other tasks reuse their checkpoints (``<run>/checkpoints``). A pair whose ``Task.supports`` is False gets
+``unsupported`` rows without running anything.
+
+Run directory::
+
+    results.jsonl   rows, appended and fsynced per cell (bench.results)
+    cells.jsonl     the ledger: one line per finished cell, written AFTER the cell's rows
+    run.json        the run record (bench.environment), one entry per session in "sessions"
+    checkpoints/    trained models shared between tasks
+    artifacts/      arrays too large for a row
+    logs/           worker stdout/stderr
+    parts/, slurm/  the submitit executor's per-cell row files and job folders
+
+Resume (``--resume``): the ledger says which cells finished; before anything runs, results.jsonl is rewritten
+(temp file + ``os.replace``) keeping only rows of finished cells, one block per cell, so rows of a cell killed
+between its rows and its ledger line disappear and the cell runs again: after any kill and resume every cell's
+rows appear exactly once. Cells whose worker died under them (ledger ``outcome: crashed``) also run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.environment import capture, now_iso, read_record, write_record
+from bench.executors import CellOutcome, Executor, make_executor
+from bench.progress import Progress, choose_mode
+from bench.results import Row, append_rows, config_hash, read_rows
+from bench.suite import Known, Suite, load_suite, restrict
+from bench.worker import CellSpec, failure_rows, make_row, resolve_task, row_key
+
+RESULTS = "results.jsonl"
+LEDGER = "cells.jsonl"
+RECORD = "run.json"
+LOCK = ".lock"
+#: order in which a cell's worst status is chosen for its summary
+SEVERITY: tuple[str, ...] = ("error", "oom", "timeout", "diverged", "not_converged", "unsupported", "ok")
+
+
+@dataclass
+class RunSummary:
+    """What a session did: cells by status, cells skipped as already finished, the run directory."""
+
+    out: Path
+    run_id: str
+    total: int
+    skipped: int
+    statuses: Counter[str] = field(default_factory=Counter)
+
+
+def cell_status(rows: Sequence[Row]) -> str:
+    """The worst status among a cell's rows (``ok`` only when every row is ``ok``)."""
+    present = {r.status for r in rows}
+    for status in SEVERITY:
+        if status in present:
+            return status
+    return sorted(present)[0] if present else "error"
+
+
+# ----------------------------------------------------------------------------------------------- run directory
+def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
+    """Cell key -> its last ledger entry; torn lines (a kill mid-write) are skipped."""
+    entries: dict[str, dict[str, Any]] = {}
+    if not path.exists():
+        return entries
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(entry, dict) and "key" in entry:
+                entries[entry["key"]] = entry
+    return entries
+
+
+def _atomic_write_lines(path: Path, lines: Iterator[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for line in lines:
+            fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def compact(out: Path) -> set[str]:
+    """Make the run directory consistent with its ledger; returns the keys of finished cells.
+
+    Keeps rows only of cells the ledger marks ``done`` and, for each, only its last contiguous block of rows
+    (a cell's rows are written in one append); rewrites the ledger without torn lines and crashed cells.
+    """
+    ledger = read_ledger(out / LEDGER)
+    done = {k for k, e in ledger.items() if e.get("outcome", "done") == "done"}
+    results = out / RESULTS
+    if results.exists():
+        blocks: dict[str, list[Row]] = {}
+        current: str | None = None
+        for row in read_rows(results):
+            key = row_key(row)
+            if key not in done:
+                current = None
+                continue
+            if key != current:
+                blocks[key] = []  # a later block of the same cell replaces an earlier one
+                current = key
+            blocks[key].append(row)
+        _atomic_write_lines(results, (r.to_json() for rows in blocks.values() for r in rows))
+    _atomic_write_lines(out / LEDGER, (json.dumps(ledger[k], sort_keys=True) for k in ledger if k in done))
+    return done
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is not alive
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def acquire_lock(out: Path) -> Path:
+    """Create ``<out>/.lock`` (pid, host); a lock left by a dead process on this host is taken over."""
+    lock = out / LOCK
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(lock.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
+                lock.unlink(missing_ok=True)
+                continue
+            raise ValueError(f"run directory {out} is in use by process {pid} on {host} "
+                             f"(delete {lock} if that process is gone)") from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(me, fh)
+        return lock
+    raise ValueError(f"cannot lock run directory {out}")
+
+
+def check_out_dir(out: Path, resume: bool) -> None:
+    """A non-empty run directory needs ``resume``."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.exists() and any(out.iterdir()) and not resume:
+        raise ValueError(f"run directory {out} is not empty; pass --resume to continue that run, "
+                         "or choose a new --out")
+
+
+def prepare_out_dir(out: Path, resume: bool) -> None:
+    """Check ``out`` and create it."""
+    check_out_dir(out, resume)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def default_out(suite_name: str) -> Path:
+    """``runs/<suite>-<YYYYmmdd-HHMMSS>`` (with a suffix if that exists)."""
+    base = Path("runs") / f"{suite_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- planning
+def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[CellSpec]]:
+    """The cells of a suite, grouped per (model, dataset, seed), training tasks first in each group."""
+    tasks = suite.ordered_tasks()
+    metrics = {t: tuple(getattr(resolve_task(t), "metrics", ())) for t in tasks}
+    groups: list[list[CellSpec]] = []
+    for model in suite.models:
+        for entry in suite.datasets:
+            hparams = suite.hparams_for(model, entry.name)
+            budget = asdict(suite.budget_for(entry.name))
+            for seed in suite.seeds:
+                group = []
+                for task in tasks:
+                    opts = suite.options_for(task)
+                    chash = config_hash({"model": model, "hparams": hparams, "dataset": entry.name,
+                                         "dataset_options": entry.options, "task": task, "task_options": opts,
+                                         "budget": budget})
+                    group.append(CellSpec(
+                        model=model, dataset=entry.name, seed=seed, task=task, run_id=run_id, suite=suite.name,
+                        hparams=hparams, dataset_options=dict(entry.options), task_options=opts, budget=budget,
+                        device=device, checkpoint_dir=str(out / "checkpoints"), artifact_dir=str(out / "artifacts"),
+                        timeout=suite.timeout, metrics=metrics[task], config_hash=chash))
+                groups.append(group)
+    return groups
+
+
+class SupportCheck:
+    """``Task.supports(capabilities, dataset)`` evaluated in the runner, cached per (model, dataset, task).
+
+    Loads each data set once (with the suite's options and the first seed); a data set that cannot be loaded
+    stops the run before any compute (a setup problem, not a result). A model class that cannot be imported
+    gives ``error`` rows for its cells (a broken optional backend must not stop the others).
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self._data: dict[str, Any] = {}
+        self._caps: dict[str, Any] = {}
+        self._answers: dict[tuple[str, str, str], tuple[str, str]] = {}
+
+    def dataset(self, cell: CellSpec) -> Any:
+        if cell.dataset not in self._data:
+            from bench.worker import load_dataset
+
+            try:
+                self._data[cell.dataset] = load_dataset(cell.dataset, cell.dataset_options, self.seed)
+            except Exception as exc:
+                text = " ".join(str(exc).split())
+                raise ValueError(f"data set {cell.dataset!r}: {type(exc).__name__}: {text}") from exc
+        return self._data[cell.dataset]
+
+    def __call__(self, cell: CellSpec) -> tuple[str, str]:
+        """``("run", "")``; ``("unsupported", what the task requires)``; ``("error", message)``."""
+        key = (cell.model, cell.dataset, cell.task)
+        if key not in self._answers:
+            ds = self.dataset(cell)
+            try:
+                if cell.model not in self._caps:
+                    from models.registry import get
+
+                    self._caps[cell.model] = get(cell.model).capabilities
+                caps = self._caps[cell.model]
+                task = resolve_task(cell.task)
+                if ds.kind not in caps.inputs:
+                    self._answers[key] = ("unsupported", f"{ds.kind} inputs (the model takes {'/'.join(caps.inputs)})")
+                elif not task.supports(caps, ds):
+                    self._answers[key] = ("unsupported", str(getattr(task, "requires_text", "")))
+                else:
+                    self._answers[key] = ("run", "")
+            except Exception as exc:
+                self._answers[key] = ("error", f"{type(exc).__name__}: {exc}")
+        return self._answers[key]
+
+    def release(self) -> None:
+        self._data.clear()
+
+
+# ----------------------------------------------------------------------------------------------- running
+class _Recorder:
+    """Writes a finished cell: rows first (fsynced), then its ledger line."""
+
+    def __init__(self, out: Path, progress: Progress, summary: RunSummary) -> None:
+        self.out = out
+        self.progress = progress
+        self.summary = summary
+
+    def __call__(self, cell: CellSpec, outcome: CellOutcome, executed: bool = True) -> None:
+        append_rows(self.out / RESULTS, outcome.rows)
+        status = cell_status(outcome.rows)
+        entry = {"key": cell.key, "model": cell.model, "dataset": cell.dataset, "seed": cell.seed,
+                 "task": cell.task, "status": status, "outcome": "crashed" if outcome.crashed else "done",
+                 "seconds": round(outcome.seconds, 3), "rows": len(outcome.rows), "finished": now_iso()}
+        with open(self.out / LEDGER, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        self.summary.statuses[status] += 1
+        message = str(outcome.rows[0].extra.get("message", "")) if outcome.rows else ""
+        self.progress.finish(cell.label, status, outcome.seconds, executed=executed, message=message)
+
+
+def _unsupported_rows(cell: CellSpec, requires: str) -> list[Row]:
+    extra = {"requires": requires} if requires else {}
+    return [make_row(cell, m, None, "", None, "unsupported", extra) for m in (cell.metrics or ("cell",))]
+
+
+def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = False, progress: Progress | None = None,
+              device: str = "cpu", command: list[str] | None = None) -> RunSummary:
+    """Run every cell of ``suite`` not yet finished in ``out``; returns what this session did.
+
+    Everything that can fail before compute (a data set that does not load) fails before anything is written;
+    a fresh run directory left empty by such a failure is removed.
+    """
+    prepare_out_dir(out, resume)
+    lock = acquire_lock(out)
+    try:
+        done = compact(out) if resume else set()
+        record = read_record(out / RECORD) if resume else None
+        run_id = str(record["run_id"]) if record and record.get("run_id") else (
+            f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
+        groups = plan(suite, run_id=run_id, out=out, device=device)
+        support = SupportCheck(suite.seeds[0])
+        states = {c.key: support(c) for g in groups for c in g if c.key not in done}
+        support.release()
+
+        session = capture(run_id=run_id, suite=suite.name, device=device, command=command,
+                          executor=executor.describe())
+        if record is None:
+            record = {**session, "suite_config": _suite_record(suite), "sessions": []}
+        record["sessions"].append({k: session[k] for k in ("start_time", "hostname", "device", "git", "command",
+                                                           "executor", "torch_threads")})
+        record["end_time"] = None
+        write_record(out / RECORD, record)
+
+        total = sum(len(g) for g in groups)
+        progress = progress or Progress(total, "quiet")
+        progress.total = total
+        summary = RunSummary(out=out, run_id=run_id, total=total, skipped=total - len(states))
+        progress.skip(summary.skipped)
+        record_cell = _Recorder(out, progress, summary)
+        runnable: list[list[CellSpec]] = []
+        try:
+            for group in groups:
+                todo = []
+                for cell in (c for c in group if c.key in states):
+                    state, text = states[cell.key]
+                    if state == "run":
+                        todo.append(cell)
+                    elif state == "unsupported":
+                        record_cell(cell, CellOutcome(_unsupported_rows(cell, text), 0.0), executed=False)
+                    else:
+                        record_cell(cell, CellOutcome(failure_rows(cell, "error", text), 0.0), executed=False)
+                if todo:
+                    runnable.append(todo)
+            executor.run(runnable, record_cell, on_start=lambda c: progress.start(c.label),
+                         on_progress=lambda c, d, t, m: progress.update(c.label, d, t, m))
+        finally:
+            executor.close()
+            progress.close()
+            record["end_time"] = now_iso()
+            record["sessions"][-1].update(end_time=record["end_time"], cells=dict(summary.statuses))
+            write_record(out / RECORD, record)
+        return summary
+    finally:
+        lock.unlink(missing_ok=True)
+        if not resume and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+def _suite_record(suite: Suite) -> dict[str, Any]:
+    data = asdict(suite)
+    data["datasets"] = [asdict(d) for d in suite.datasets]
+    return json.loads(json.dumps(data, default=str))
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch.cuda.is_available() is False on this machine (use --device cpu)")
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected auto, cpu or cuda, got {requested!r}")
+    return requested
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
+    """The ``run`` command. Exit status 0, or 1 when any cell ended ``error`` (its rows are still written)."""
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:  # searched first by the file data sets; workers inherit the environment
+        os.environ["INVBENCH_DATA"] = str(Path(data_dir).expanduser().resolve())
+    suite = load_suite(args.suite, known)
+    suite = restrict(suite, models=args.models, tasks=args.tasks, datasets=args.datasets, seeds=args.seeds,
+                     timeout=args.timeout, known=known)
+    device = resolve_device(args.device if args.device != "auto" else suite.device)
+    out = Path(args.out) if args.out else default_out(suite.name)
+    check_out_dir(out, args.resume)  # before any worker starts
+    executor = make_executor(getattr(args, "executor", None) or "local", workers=args.workers, device=device,
+                             out=out, slurm=suite.slurm)
+    progress = Progress(0, choose_mode(args.quiet, sys.stderr), sys.stderr)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    t0 = time.monotonic()
+    try:
+        summary = run_suite(suite, out, executor=executor, resume=args.resume, progress=progress, device=device,
+                            command=["invbench", *sys.argv[1:]])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if not args.quiet:
+        counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common())
+        skipped = f", {summary.skipped} already done" if summary.skipped else ""
+        print(f"{summary.total} cells ({counts or 'none run'}{skipped}) in {time.monotonic() - t0:.0f}s")
+        print(f"run directory: {out}")
+        print(f"make a report: invbench report {out}")
+    return 1 if summary.statuses.get("error") else 0
+

@@ -1,0 +1,514 @@
+"""Suite files: TOML that says which models, data sets, tasks, seeds and budgets a run covers.
+
+A suite is validated completely before any compute; every problem is one line naming the file and the field,
+with near matches for unknown names, e.g.
+``suite quick.toml: tasks[2]: unknown task 'stabilty'; did you mean stability?``.
+
+Format (every key optional except ``datasets``)::
+
+    name = "quick"                      # default: the file's stem
+    description = "..."
+    models = ["all"]                    # list of names; "all" = every registered model; or a table:
+    # [models.all]                      #   keys are models ("all" allowed), values hyper-parameter overrides
+    # [models."iresnet-native"]
+    # depth = 4
+    datasets = ["moons", "digits"]      # list of names; or a table name -> loader options:
+    # [datasets.digits]
+    # n_train = 1000                    #   any key except `budget` and `models` is passed to the loader
+    # budget = { steps = 800 }          #   per-data-set budget override
+    # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [models])
+    tasks = ["likelihood", "stability"] # list; or a table name -> task options:
+    # [tasks.stability]
+    # regularizer = { eps = 0.01, weight = 1.0, every = 1 }
+    seeds = 2                           # a count (seeds 0..n-1) or an explicit list [0, 7]
+    timeout = 120                       # seconds per cell
+    device = "auto"                     # auto | cpu | cuda
+    [budget]                            # bench.tasks.base.Budget: steps, seconds, batch_size, lr
+    steps = 400
+    [slurm]                             # the submitit executor (see bench.executors): cluster, partition, ...
+
+Extension mechanism: a task may be given as ``"package.module:TaskClass"`` (a :class:`bench.tasks.base.Task`
+subclass), a data set as ``"package.module:function"`` (called as ``function(seed=..., **options)`` and returning
+a :class:`bench.datasets.base.Dataset`) and a model as ``"package.module:ModelClass"``, so users run their own
+tasks, data and models without editing this repository. The module must be importable (on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.resources
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from bench.tasks.base import Budget
+
+#: tasks that train a model; each (model, dataset, seed) runs them first so later tasks reuse the checkpoint
+TRAINING_TASKS: tuple[str, ...] = ("likelihood", "classification")
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+TOP_LEVEL: tuple[str, ...] = (
+    "name", "description", "models", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
+)
+BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr")
+DATASET_RESERVED: tuple[str, ...] = ("budget", "models")
+#: keys of the [slurm] table (see bench.executors.SubmititExecutor)
+SLURM_FIELDS: tuple[str, ...] = (
+    "cluster", "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
+    "timeout_min", "array_parallelism", "additional_parameters", "poll_seconds",
+)
+_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+
+
+class SuiteError(ValueError):
+    """A suite that cannot run; the message is one line naming the file and the field."""
+
+
+def is_target(name: str) -> bool:
+    """Whether ``name`` is a ``"module:attribute"`` import string (not a registry name, not a path)."""
+    return bool(_TARGET.match(name))
+
+
+def import_target(target: str) -> Any:
+    """Import ``"module:attr"`` (``attr`` may be dotted)."""
+    module_name, _, attr = target.partition(":")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class DatasetEntry:
+    """One data set of a suite: loader options, budget overrides and per-model hyper-parameter overrides."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, Any] = field(default_factory=dict)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class Suite:
+    """A parsed, validated suite. ``models`` is expanded ("all" replaced by the registered names)."""
+
+    name: str
+    description: str
+    models: list[str]
+    datasets: list[DatasetEntry]
+    tasks: list[str]
+    seeds: list[int]
+    budget: Budget = field(default_factory=Budget)
+    model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timeout: float | None = None
+    device: str = "auto"
+    slurm: dict[str, Any] = field(default_factory=dict)
+    source: str = "<suite>"
+
+    def dataset(self, name: str) -> DatasetEntry:
+        for entry in self.datasets:
+            if entry.name == name:
+                return entry
+        raise KeyError(f"data set {name!r} is not in suite {self.name!r}")
+
+    def budget_for(self, dataset: str) -> Budget:
+        """The suite budget with the data set's overrides applied."""
+        return replace(self.budget, **self.dataset(dataset).budget)
+
+    def hparams_for(self, model: str, dataset: str) -> dict[str, Any]:
+        """Hyper-parameter overrides for ``model`` on ``dataset`` (data-set level wins over model level)."""
+        return {**self.model_options.get(model, {}), **self.dataset(dataset).models.get(model, {})}
+
+    def options_for(self, task: str) -> dict[str, Any]:
+        return dict(self.task_options.get(task, {}))
+
+    def ordered_tasks(self) -> list[str]:
+        """Tasks in run order: training tasks first (so the others reuse their checkpoints), then the rest."""
+        train = [t for t in self.tasks if t in TRAINING_TASKS or _declares_training(t)]
+        return train + [t for t in self.tasks if t not in train]
+
+
+def _declares_training(task: str) -> bool:
+    if not is_target(task):
+        return False
+    try:
+        return bool(getattr(import_target(task), "trains_model", False))
+    except Exception:
+        return False
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+class _Ctx:
+    """Builds one-line error messages: ``<where>: <field>: <problem>``."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def fail(self, path: str, problem: str) -> SuiteError:
+        text = f"{self.where}: {path}: {problem}" if path else f"{self.where}: {problem}"
+        return SuiteError(" ".join(text.split("\n")))
+
+
+def _near(name: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(near)}?" if near else ""
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _expect(c: _Ctx, path: str, value: Any, kinds: tuple[type, ...], what: str) -> Any:
+    ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+    if not ok:
+        raise c.fail(path, f"expected {what}, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _key(name: str) -> str:
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else f'"{name}"'
+
+
+def _names_and_tables(c: _Ctx, path: str, value: Any, *, allow_inline: bool = False
+                      ) -> list[tuple[str, str, dict[str, Any]]]:
+    """A list of names (optionally inline tables with ``name``) or a table name -> options table.
+
+    Returns ``(field path, name, options)`` triples in file order.
+    """
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            p = f"{path}[{i}]"
+            if allow_inline and isinstance(item, dict):
+                if "name" not in item:
+                    raise c.fail(p, "an inline table needs a 'name'")
+                name = _expect(c, f"{p}.name", item["name"], (str,), "a string")
+                out.append((p, name, {k: v for k, v in item.items() if k != "name"}))
+            else:
+                out.append((p, _expect(c, p, item, (str,), "a string"), {}))
+    elif isinstance(value, dict):
+        for name, opts in value.items():
+            p = f"{path}.{_key(name)}"
+            out.append((p, name, dict(_expect(c, p, opts, (dict,), "a table of options"))))
+    else:
+        raise c.fail(path, f"expected an array of names or a table, got {_type_name(value)} {value!r}")
+    seen: set[str] = set()
+    for p, name, _ in out:
+        if not name:
+            raise c.fail(p, "empty name")
+        if name in seen:
+            raise c.fail(p, f"{name!r} is listed twice")
+        seen.add(name)
+    return out
+
+
+def _budget(c: _Ctx, path: str, table: Any) -> dict[str, Any]:
+    table = _expect(c, path, table, (dict,), "a table")
+    out: dict[str, Any] = {}
+    for k, v in table.items():
+        p = f"{path}.{k}"
+        if k not in BUDGET_FIELDS:
+            raise c.fail(p, f"unknown budget field {k!r}{_near(k, BUDGET_FIELDS)} (fields: {', '.join(BUDGET_FIELDS)})")
+        if k in ("steps", "batch_size"):
+            _expect(c, p, v, (int,), "a positive integer")
+        else:
+            _expect(c, p, v, (int, float), "a positive number")
+        if not (v > 0 and math.isfinite(v)):
+            raise c.fail(p, f"must be positive, got {v!r}")
+        out[k] = float(v) if k in ("lr", "seconds") else int(v)
+    return out
+
+
+def _seeds(c: _Ctx, value: Any) -> list[int]:
+    if isinstance(value, list):
+        if not value:
+            raise c.fail("seeds", "empty list")
+        seeds = [int(_expect(c, f"seeds[{i}]", s, (int,), "a non-negative integer")) for i, s in enumerate(value)]
+        for i, s in enumerate(seeds):
+            if s < 0:
+                raise c.fail(f"seeds[{i}]", f"must be non-negative, got {s}")
+        if len(set(seeds)) != len(seeds):
+            raise c.fail("seeds", f"duplicate seeds in {seeds}")
+        return seeds
+    n = _expect(c, "seeds", value, (int,), "a seed count or an array of seeds")
+    if n < 1:
+        raise c.fail("seeds", f"need at least one seed, got {n}")
+    return list(range(n))
+
+
+def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
+    """Check structure and types of a decoded TOML document; names are checked by :func:`validate_names`."""
+    c = _Ctx(f"suite {source}")
+    for k in data:
+        if k not in TOP_LEVEL:
+            raise c.fail(k, f"unknown field{_near(k, TOP_LEVEL)} (fields: {', '.join(TOP_LEVEL)})")
+    stem = Path(source).stem if source != "<suite>" else "suite"
+    name = _expect(c, "name", data.get("name", stem), (str,), "a string")
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise c.fail("name", f"use letters, digits, '-', '_' or '.', got {name!r}")
+    description = _expect(c, "description", data.get("description", ""), (str,), "a string")
+
+    models: list[str] = []
+    model_options: dict[str, dict[str, Any]] = {}
+    for p, m, opts in _names_and_tables(c, "models", data.get("models", ["all"])):
+        if m == "all" and opts:
+            raise c.fail(p, "'all' takes no hyper-parameters; give them per model")
+        models.append(m)
+        if opts:
+            model_options[m] = opts
+
+    if "datasets" not in data:
+        raise c.fail("datasets", "missing (a list of data set names or a table of them)")
+    datasets: list[DatasetEntry] = []
+    for p, d, opts in _names_and_tables(c, "datasets", data["datasets"], allow_inline=True):
+        overrides = _budget(c, f"{p}.budget", opts.pop("budget")) if "budget" in opts else {}
+        per_model: dict[str, dict[str, Any]] = {}
+        if "models" in opts:
+            table = _expect(c, f"{p}.models", opts.pop("models"), (dict,), "a table model -> hyper-parameters")
+            for m, hp in table.items():
+                per_model[m] = dict(_expect(c, f"{p}.models.{_key(m)}", hp, (dict,), "a table of hyper-parameters"))
+        datasets.append(DatasetEntry(d, opts, overrides, per_model))
+    if not datasets:
+        raise c.fail("datasets", "empty")
+
+    from bench.tasks.registry import task_names
+
+    tasks: list[str] = []
+    task_options: dict[str, dict[str, Any]] = {}
+    for _p, t, opts in _names_and_tables(c, "tasks", data.get("tasks", task_names())):
+        tasks.append(t)
+        if opts:
+            task_options[t] = opts
+    if not tasks:
+        raise c.fail("tasks", "empty")
+
+    seeds = _seeds(c, data.get("seeds", 1))
+    budget = Budget(**_budget(c, "budget", data.get("budget", {})))
+    timeout = data.get("timeout")
+    if timeout is not None:
+        _expect(c, "timeout", timeout, (int, float), "seconds (a positive number)")
+        if not timeout > 0:
+            raise c.fail("timeout", f"must be positive, got {timeout!r}")
+        timeout = float(timeout)
+    device = _expect(c, "device", data.get("device", "auto"), (str,), "a string")
+    if device not in DEVICES:
+        raise c.fail("device", f"expected one of {', '.join(DEVICES)}, got {device!r}")
+    slurm = dict(_expect(c, "slurm", data.get("slurm", {}), (dict,), "a table"))
+    for k in slurm:
+        if k not in SLURM_FIELDS:
+            raise c.fail(f"slurm.{k}", f"unknown field{_near(k, SLURM_FIELDS)} (fields: {', '.join(SLURM_FIELDS)})")
+    return Suite(name=name, description=description, models=models, datasets=datasets, tasks=tasks, seeds=seeds,
+                 budget=budget, model_options=model_options, task_options=task_options, timeout=timeout,
+                 device=device, slurm=slurm, source=source)
+
+
+# ----------------------------------------------------------------------------------------------- names
+@dataclass
+class Known:
+    """The names a suite may use; each is a callable so tests can inject their own lists."""
+
+    models: Callable[[], Sequence[str]]
+    tasks: Callable[[], Sequence[str]]
+    datasets: Callable[[], Sequence[str]]
+
+    @classmethod
+    def default(cls) -> Known:
+        def models() -> list[str]:
+            from models.registry import names
+
+            return names()
+
+        def tasks() -> list[str]:
+            from bench.tasks.registry import task_names
+
+            return task_names()
+
+        def datasets() -> list[str]:
+            try:
+                from bench.datasets import names
+            except ImportError as exc:
+                raise SuiteError(f"cannot list the data sets (bench.datasets.names): {exc}") from exc
+            return list(names())
+
+        return cls(models, tasks, datasets)
+
+
+def _check_target(c: _Ctx, path: str, target: str, kind: str, check: Callable[[Any], bool], want: str) -> None:
+    try:
+        obj = import_target(target)
+    except ImportError as exc:
+        raise c.fail(path, f"cannot import {kind} {target!r}: {exc}") from exc
+    except AttributeError as exc:
+        raise c.fail(path, f"{kind} {target!r} not found: {exc}") from exc
+    if not check(obj):
+        raise c.fail(path, f"{target!r} is not {want}")
+
+
+def _check_model(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
+    if name in known:
+        return
+    if is_target(name):
+        from models.base import InvertibleModel
+
+        _check_target(c, path, name, "model", lambda o: isinstance(o, type) and issubclass(o, InvertibleModel),
+                      "a subclass of models.base.InvertibleModel")
+        return
+    raise c.fail(path, f"unknown model {name!r}{_near(name, known)}")
+
+
+def _check_hparams(c: _Ctx, path: str, model: str, hparams: dict[str, Any]) -> None:
+    """Hyper-parameter names against the model's constructor (skipped when it takes ``**kwargs``).
+
+    A model class that cannot be imported is not an error here: its cells get ``error`` rows at run time.
+    """
+    import inspect
+
+    from models.registry import get
+
+    try:
+        params = inspect.signature(get(model).__init__).parameters
+    except Exception:
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    names = [n for n in params if n not in ("self", "shape", "num_classes")]
+    for k in hparams:
+        if k not in names:
+            raise c.fail(f"{path}.{k}", f"unknown hyper-parameter of {model}{_near(k, names)} "
+                                        f"(takes: {', '.join(names) or 'none'})")
+
+
+def _check_task(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
+    if name in known:
+        return
+    if is_target(name):
+        from bench.tasks.base import Task
+
+        _check_target(c, path, name, "task", lambda o: isinstance(o, type) and issubclass(o, Task),
+                      "a subclass of bench.tasks.base.Task")
+        return
+    raise c.fail(path, f"unknown task {name!r}{_near(name, known)}")
+
+
+def _check_dataset(c: _Ctx, path: str, name: str, known: Callable[[], Sequence[str]]) -> None:
+    if is_target(name):
+        _check_target(c, path, name, "data set", callable, "a callable returning a Dataset")
+        return
+    names = known()
+    if name not in names:
+        raise c.fail(path, f"unknown data set {name!r}{_near(name, names)}")
+
+
+def validate_names(suite: Suite, known: Known | None = None, where: str | None = None) -> Suite:
+    """Check every model, task and data set name and expand ``"all"``; returns the expanded suite."""
+    known = known or Known.default()
+    c = _Ctx(where or f"suite {suite.source}")
+    model_names = list(known.models())
+    expanded: list[str] = []
+    for i, m in enumerate(suite.models):
+        path = f"models[{i}]"
+        if m == "all":
+            expanded.extend(model_names)
+            continue
+        _check_model(c, path, m, model_names)
+        expanded.append(m)
+    for m, hp in suite.model_options.items():
+        _check_model(c, f"models.{_key(m)}", m, model_names)
+        _check_hparams(c, f"models.{_key(m)}", m, hp)
+    models = list(dict.fromkeys(expanded))
+    if not models:
+        raise c.fail("models", "no models (the registry is empty?)")
+
+    task_names_ = list(known.tasks())
+    for i, t in enumerate(suite.tasks):
+        _check_task(c, f"tasks[{i}]", t, task_names_)
+    for i, d in enumerate(suite.datasets):
+        _check_dataset(c, f"datasets[{i}]", d.name, known.datasets)
+        for m, hp in d.models.items():
+            _check_model(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, model_names)
+            _check_hparams(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, hp)
+    return replace(suite, models=models)
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def bundled_suites() -> list[str]:
+    """Names of the suites shipped in ``bench/suites/``."""
+    folder = importlib.resources.files("bench.suites")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def read_suite_text(ref: str) -> tuple[str, str]:
+    """``(text, source label)`` of a bundled suite name or a path to a TOML file."""
+    path = Path(ref)
+    looks_like_path = ref.endswith(".toml") or "/" in ref or "\\" in ref or path.exists()
+    if looks_like_path:
+        if not path.is_file():
+            raise FileNotFoundError(f"suite file not found: {ref}")
+        return path.read_text(encoding="utf-8"), path.name
+    bundled = bundled_suites()
+    if ref not in bundled:
+        raise SuiteError(f"unknown suite {ref!r}{_near(ref, bundled)} (bundled: {', '.join(bundled)}; "
+                         "or pass a path to a .toml file)")
+    text = (importlib.resources.files("bench.suites") / f"{ref}.toml").read_text(encoding="utf-8")
+    return text, f"{ref}.toml"
+
+
+def load_suite(ref: str, known: Known | None = None, check_names: bool = True) -> Suite:
+    """Read, parse and validate a suite (bundled name or path). Raises :class:`SuiteError` (one line)."""
+    text, source = read_suite_text(ref)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"suite {source}: invalid TOML: {exc}") from exc
+    suite = parse_suite(data, source)
+    return validate_names(suite, known) if check_names else suite
+
+
+def restrict(suite: Suite, *, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
+             datasets: Sequence[str] | None = None, seeds: int | None = None, timeout: float | None = None,
+             device: str | None = None, known: Known | None = None) -> Suite:
+    """Apply command-line choices. Names need not be in the suite (data sets not in it get default options)."""
+    known = known or Known.default()
+    if models is not None:
+        c = _Ctx("--models")
+        known_models = list(known.models())
+        chosen: list[str] = []
+        for m in models:
+            if m == "all":
+                chosen.extend(known_models)
+            else:
+                _check_model(c, "", m, known_models)
+                chosen.append(m)
+        suite = replace(suite, models=list(dict.fromkeys(chosen)))
+    if tasks is not None:
+        c = _Ctx("--tasks")
+        known_tasks = list(known.tasks())
+        for t in tasks:
+            _check_task(c, "", t, known_tasks)
+        suite = replace(suite, tasks=list(dict.fromkeys(tasks)))
+    if datasets is not None:
+        c = _Ctx("--datasets")
+        entries: list[DatasetEntry] = []
+        by_name = {d.name: d for d in suite.datasets}
+        for d in dict.fromkeys(datasets):
+            if d not in by_name:
+                _check_dataset(c, "", d, known.datasets)
+            entries.append(by_name.get(d, DatasetEntry(d)))
+        suite = replace(suite, datasets=entries)
+    if seeds is not None:
+        if seeds < 1:
+            raise SuiteError(f"--seeds: need at least one seed, got {seeds}")
+        suite = replace(suite, seeds=list(range(seeds)))
+    if timeout is not None:
+        if not timeout > 0:
+            raise SuiteError(f"--timeout: must be positive, got {timeout}")
+        suite = replace(suite, timeout=float(timeout))
+    if device is not None:
+        suite = replace(suite, device=device)
+    return suite

@@ -1,0 +1,179 @@
+"""Suite files: parsing, per-data-set budgets and hyper-parameters, one-line errors with near matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.suite import Known, SuiteError, bundled_suites, load_suite, read_suite_text, restrict
+from bench.tasks.base import Budget
+
+LINEAR = "models.template:LinearFlow"
+DATASETS = ["gaussians8", "checkerboard", "moons", "spirals", "rings", "digits", "digits-flat", "fashion-mnist",
+            "mnist", "cifar10"]
+KNOWN = Known(models=lambda: ["maf-nflows", "realnvp-freia", "realnvp-nflows"],
+              tasks=lambda: ["likelihood", "classification", "inverse_cost", "stability", "logdet", "cost"],
+              datasets=lambda: DATASETS)
+
+
+def load_text(tmp_path: Path, text: str, name: str = "s.toml", known: Known = KNOWN):  # type: ignore[no-untyped-def]
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return load_suite(str(path), known)
+
+
+FULL = f"""
+name = "full"
+description = "every feature"
+seeds = [3, 7]
+timeout = 60
+device = "cpu"
+
+[budget]
+steps = 100
+lr = 0.01
+
+[models.all]
+[models."{LINEAR}"]
+seed = 1
+
+[datasets.moons]
+n_train = 100
+budget = {{ steps = 5, seconds = 2.5 }}
+models."{LINEAR}" = {{ seed = 2 }}
+
+[datasets.digits]
+
+[tasks]
+inverse_cost = {{}}
+stability = {{ regularizer = {{ eps = 0.01, weight = 1.0 }}, ood_dataset = "digits" }}
+classification = {{}}
+likelihood = {{}}
+
+[slurm]
+partition = "gpu"
+gpus_per_node = 1
+"""
+
+
+def test_full_suite(tmp_path: Path) -> None:
+    s = load_text(tmp_path, FULL)
+    assert s.name == "full" and s.description == "every feature" and s.source == "s.toml"
+    assert s.models == ["maf-nflows", "realnvp-freia", "realnvp-nflows", LINEAR], "'all' expands in place"
+    assert s.seeds == [3, 7] and s.timeout == 60.0 and s.device == "cpu"
+    assert [d.name for d in s.datasets] == ["moons", "digits"]
+    assert s.dataset("moons").options == {"n_train": 100}
+    assert s.budget_for("moons") == Budget(steps=5, seconds=2.5, batch_size=256, lr=0.01)
+    assert s.budget_for("digits") == Budget(steps=100, seconds=None, batch_size=256, lr=0.01)
+    assert s.hparams_for(LINEAR, "moons") == {"seed": 2} and s.hparams_for(LINEAR, "digits") == {"seed": 1}
+    assert s.hparams_for("maf-nflows", "moons") == {}
+    assert s.options_for("stability") == {"regularizer": {"eps": 0.01, "weight": 1.0}, "ood_dataset": "digits"}
+    assert s.ordered_tasks() == ["classification", "likelihood", "inverse_cost", "stability"]
+    assert s.slurm == {"partition": "gpu", "gpus_per_node": 1}
+
+
+def test_lists_and_defaults(tmp_path: Path) -> None:
+    s = load_text(tmp_path, 'datasets = ["moons", { name = "digits", n_test = 50 }]\nseeds = 3\n')
+    assert s.name == "s" and s.seeds == [0, 1, 2] and s.models == ["maf-nflows", "realnvp-freia", "realnvp-nflows"]
+    assert s.tasks == KNOWN.tasks() and s.budget == Budget() and s.timeout is None and s.device == "auto"
+    assert s.dataset("digits").options == {"n_test": 50}
+
+
+ERRORS = [
+    ("datasets = ['moons']\ntasks = ['likelihood', 'classification', 'stabilty']\n",
+     "suite quick.toml: tasks[2]: unknown task 'stabilty'; did you mean stability?"),
+    ("datasets = ['moon']\n", "suite quick.toml: datasets[0]: unknown data set 'moon'; did you mean moons?"),
+    ("datasets = ['moons']\nmodels = ['maf-nflows', 'realnvp-nflow']\n",
+     "suite quick.toml: models[1]: unknown model 'realnvp-nflow'; did you mean realnvp-nflows, realnvp-freia"),
+    ("datasets = ['moons'\n", "suite quick.toml: invalid TOML: "),
+    ("datasets = ['moons']\nseeds = 0\n", "suite quick.toml: seeds: need at least one seed, got 0"),
+    ("datasets = ['moons']\nseeds = [1, 1]\n", "suite quick.toml: seeds: duplicate seeds in [1, 1]"),
+    ("datasets = ['moons']\nseeds = true\n", "suite quick.toml: seeds: expected a seed count or an array of seeds, "
+     "got boolean True"),
+    ("datasets = ['moons']\n[budget]\nstps = 3\n", "suite quick.toml: budget.stps: unknown budget field 'stps'; "
+     "did you mean steps?"),
+    ("datasets = ['moons']\n[budget]\nsteps = -1\n", "suite quick.toml: budget.steps: must be positive, got -1"),
+    ("datasets = ['moons']\n[budget]\nlr = 'big'\n", "suite quick.toml: budget.lr: expected a positive number, "
+     "got string 'big'"),
+    ("datasets = ['moons']\ndevice = 'gpu'\n", "suite quick.toml: device: expected one of auto, cpu, cuda, got 'gpu'"),
+    ("seeds = 1\n", "suite quick.toml: datasets: missing"),
+    ("datasets = ['moons']\nmodels = 'all'\n", "suite quick.toml: models: expected an array of names or a table, "
+     "got string 'all'"),
+    ("datasets = ['moons']\nmodels = ['maf-nflows', 'maf-nflows']\n",
+     "suite quick.toml: models[1]: 'maf-nflows' is listed twice"),
+    ("datasets = ['moons']\n[models.all]\ndepth = 3\n",
+     "suite quick.toml: models.all: 'all' takes no hyper-parameters"),
+    (f"datasets = ['moons']\n[models.\"{LINEAR}\"]\nsed = 1\n", f'suite quick.toml: models."{LINEAR}".sed: unknown '
+     f"hyper-parameter of {LINEAR}; did you mean seed?"),
+    (f"[datasets.moons]\nmodels.\"{LINEAR}\" = {{ sed = 1 }}\n", f'datasets.moons.models."{LINEAR}".sed: unknown '
+     "hyper-parameter"),
+    ("[datasets.moons]\nbudget = { step = 3 }\n", "suite quick.toml: datasets.moons.budget.step: unknown budget field"),
+    ("datasets = [{ n_train = 3 }]\n", "suite quick.toml: datasets[0]: an inline table needs a 'name'"),
+    ("datasets = ['moons']\ntimout = 5\n", "suite quick.toml: timout: unknown field; did you mean timeout?"),
+    ("datasets = ['moons']\ntimeout = 0\n", "suite quick.toml: timeout: must be positive, got 0"),
+    ("datasets = ['moons']\n[slurm]\npartitoin = 'a'\n", "suite quick.toml: slurm.partitoin: unknown field; "
+     "did you mean partition"),
+    (f"datasets = ['moons']\ntasks = ['{LINEAR}']\n", f"suite quick.toml: tasks[0]: '{LINEAR}' is not a subclass of "
+     "bench.tasks.base.Task"),
+    ("datasets = ['moons']\ntasks = ['no_such_module_xyz:Task']\n", "suite quick.toml: tasks[0]: cannot import task "
+     "'no_such_module_xyz:Task': No module named 'no_such_module_xyz'"),
+    ("datasets = ['bench.suite:no_such_loader']\n", "suite quick.toml: datasets[0]: data set "
+     "'bench.suite:no_such_loader' not found"),
+    ("datasets = ['moons']\nmodels = ['bench.suite:Suite']\n", "suite quick.toml: models[0]: 'bench.suite:Suite' is "
+     "not a subclass of models.base.InvertibleModel"),
+    ("name = 'a b'\ndatasets = ['moons']\n", "suite quick.toml: name: use letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), ERRORS)
+def test_errors_are_one_line_naming_the_field(tmp_path: Path, text: str, expected: str) -> None:
+    with pytest.raises(SuiteError) as info:
+        load_text(tmp_path, text, name="quick.toml")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(expected) if expected.startswith("suite ") else expected in message, message
+
+
+def test_bundled_suites(tmp_path: Path) -> None:
+    from bench.tasks.registry import task_names
+    from models.registry import names
+
+    assert bundled_suites() == ["fashion", "paper", "quick"]
+    real = Known(models=names, tasks=task_names, datasets=lambda: DATASETS)
+    quick = load_suite("quick", real)
+    assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
+    assert {"gaussians8", "checkerboard", "moons", "spirals", "digits"} <= {d.name for d in quick.datasets}
+    assert quick.timeout is not None and quick.options_for("stability")["regularizer"]["eps"] > 0
+    fashion = load_suite("fashion", real)
+    assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
+    paper = load_suite("paper", real)
+    assert paper.device == "cuda" and {d.name for d in paper.datasets} == {"mnist", "cifar10"}
+    assert paper.hparams_for("iresnet-native", "mnist")["coeff"] == 0.9
+    assert paper.hparams_for("resflow-native", "cifar10")["coeff"] == 0.98
+    assert paper.hparams_for("resflow-native", "cifar10")["inverse_tol"] == 1e-5
+    text, source = read_suite_text("quick")
+    assert source == "quick.toml" and "[budget]" in text
+
+
+def test_suite_lookup_errors(tmp_path: Path) -> None:
+    with pytest.raises(SuiteError, match=r"^unknown suite 'quik'; did you mean quick\? \(bundled: fashion, paper, "):
+        load_suite("quik", KNOWN)
+    with pytest.raises(FileNotFoundError, match="suite file not found"):
+        load_suite(str(tmp_path / "missing.toml"), KNOWN)
+
+
+def test_command_line_restrictions(tmp_path: Path) -> None:
+    s = load_text(tmp_path, FULL)
+    r = restrict(s, models=["realnvp-nflows"], tasks=["likelihood"], datasets=["digits", "rings"], seeds=1,
+                 timeout=5, device="cpu", known=KNOWN)
+    assert r.models == ["realnvp-nflows"] and r.tasks == ["likelihood"] and r.seeds == [0] and r.timeout == 5.0
+    assert [d.name for d in r.datasets] == ["digits", "rings"] and r.dataset("rings").options == {}
+    assert r.budget_for("rings") == s.budget
+    for kw, message in [({"models": ["realnvp-nflow"]}, "--models: unknown model 'realnvp-nflow'; did you mean "),
+                        ({"tasks": ["likelihod"]}, "--tasks: unknown task 'likelihod'; did you mean likelihood?"),
+                        ({"datasets": ["ring"]}, "--datasets: unknown data set 'ring'; did you mean rings?"),
+                        ({"seeds": 0}, "--seeds: need at least one seed, got 0")]:
+        with pytest.raises(SuiteError) as info:
+            restrict(s, known=KNOWN, **kw)  # type: ignore[arg-type]
+        assert str(info.value).startswith(message), str(info.value)
