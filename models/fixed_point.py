@@ -1,0 +1,106 @@
+"""Fixed-point solvers for inverting residual blocks: plain iteration and Anderson acceleration.
+
+A residual block ``y = x + g(x)`` with ``Lip(g) = L < 1`` is inverted by the Banach iteration
+``x_{k+1} = G(x_k) = y - g(x_k)``, whose error shrinks like ``L^k`` (Behrmann et al., "Invertible Residual
+Networks", ICML 2019, Algorithm 1). Anderson acceleration (Anderson 1965; type-II form of Walker & Ni, SIAM
+J. Numer. Anal. 2011) extrapolates from the last ``m`` iterates: with residuals ``f_i = G(x_i) - x_i`` it solves
+``gamma = argmin ||f_k - dF gamma||`` (per example, ridge-regularised normal equations) and steps to
+``x_{k+1} = G(x_k) - dG gamma``, where ``dF``, ``dG`` hold successive differences of ``f`` and ``G(x)``.
+
+Both solvers stop when ``max |G(x_k) - x_k| <= atol + rtol max |G(x_k)|`` (max over the batch), return ``G(x_k)``, and
+report iterations (evaluations of ``G``, i.e. of ``g``), the final residual ``max |G(x_k) - x_k|``, whether the
+tolerance was met within ``max_iter``, and the residual after every iteration. A non-finite residual stops the
+solver with ``converged=False``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SolveResult:
+    """What a solve did: ``iterations`` evaluations of G, final max-abs ``residual``, ``converged``, history."""
+
+    iterations: int = 0
+    residual: float = 0.0
+    converged: bool = False
+    history: list[float] = field(default_factory=list)
+
+
+def _check(gx: Tensor, x: Tensor, atol: float, rtol: float) -> tuple[float, bool]:
+    residual, scale = torch.stack([(gx - x).abs().max(), gx.abs().max()]).tolist()  # one device sync
+    return residual, math.isfinite(residual) and residual <= atol + rtol * scale
+
+
+@torch.no_grad()
+def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float, max_iter: int
+                ) -> tuple[Tensor, SolveResult]:
+    """Plain iteration ``x <- G(x)`` from ``x0``: (B, ...) -> (``x``: (B, ...), result)."""
+    result = SolveResult()
+    x = x0
+    for k in range(1, max_iter + 1):
+        gx = G(x)
+        residual, met = _check(gx, x, atol, rtol)
+        result.iterations, result.residual = k, residual
+        result.history.append(residual)
+        x = gx
+        if met or not math.isfinite(residual):
+            result.converged = met
+            break
+    return x, result
+
+
+@torch.no_grad()
+def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float, max_iter: int,
+             memory: int = 5, ridge: float = 1e-10) -> tuple[Tensor, SolveResult]:
+    """Anderson-accelerated iteration from ``x0``: (B, ...) -> (``x``: (B, ...), result).
+
+    Args:
+        memory: how many past differences ``m`` the extrapolation uses.
+        ridge: Tikhonov term relative to the mean diagonal of ``dF^T dF`` (at least 100 machine epsilons; keeps
+            the small solve well posed).
+    """
+    result = SolveResult()
+    b = x0.shape[0]
+    x = x0
+    g_hist: list[Tensor] = []
+    f_hist: list[Tensor] = []
+    best = math.inf
+    gx = x0
+    for k in range(1, max_iter + 1):
+        gx = G(x)
+        residual, met = _check(gx, x, atol, rtol)
+        result.iterations, result.residual = k, residual
+        result.history.append(residual)
+        if met or not math.isfinite(residual):
+            result.converged = met
+            break
+        if residual > 1e3 * best:  # extrapolation went astray: restart from the plain step
+            g_hist.clear()
+            f_hist.clear()
+        best = min(best, residual)
+        g_hist.append(gx.reshape(b, -1))
+        f_hist.append((gx - x).reshape(b, -1))
+        if len(g_hist) > memory + 1:
+            g_hist.pop(0)
+            f_hist.pop(0)
+        if len(g_hist) == 1:
+            x = gx
+            continue
+        d_f = torch.stack([f_hist[i + 1] - f_hist[i] for i in range(len(f_hist) - 1)], dim=2)  # (B, n, m)
+        d_g = torch.stack([g_hist[i + 1] - g_hist[i] for i in range(len(g_hist) - 1)], dim=2)
+        gram = d_f.transpose(1, 2) @ d_f  # (B, m, m)
+        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(gram.dtype).tiny)
+        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
+        lam = max(ridge, 100 * torch.finfo(gram.dtype).eps)
+        rhs = d_f.transpose(1, 2) @ f_hist[-1].unsqueeze(2)  # (B, m, 1)
+        gamma = torch.linalg.solve(gram + (lam * scale)[:, None, None] * eye, rhs)
+        x_new = (g_hist[-1] - (d_g @ gamma).squeeze(2)).reshape(x0.shape)
+        x = x_new if bool(torch.isfinite(x_new).all()) else gx
+    return gx, result

@@ -1,0 +1,400 @@
+"""Native invertible residual networks: i-ResNet and Residual Flow.
+
+Behrmann et al., "Invertible Residual Networks", ICML 2019; Chen et al., "Residual Flows for Invertible
+Generative Modeling", NeurIPS 2019.
+
+A block is ``F(x) = x + g(x)`` with ``g`` a small network whose layers are spectrally normalised to a
+coefficient ``c`` (:mod:`models.spectral_norm`) and whose activations are 1-Lipschitz
+(:mod:`models.activations`), so ``Lip(g) <= c^L < 1`` and ``F`` is invertible with ``Lip(F) <= 1 + c^L`` and
+``Lip(F^-1) <= 1 / (1 - c^L)``. The model is ``[squeeze] -> depth x (ActNorm -> block) -> [unsqueeze]``:
+
+- vectors ``(D,)``: ``g = Linear(D, hidden) -> phi -> Linear(hidden, hidden) -> phi -> Linear(hidden, D)``;
+- images ``(C, H, W)``: ``squeeze`` times space-to-depth first, then
+  ``g = Conv3x3(C', hidden) -> phi -> Conv1x1(hidden, hidden) -> phi -> Conv3x3(hidden, C')`` (i-ResNet's 3-1-3);
+  ``z`` is unsqueezed back, so ``z`` has the input's shape.
+
+The log-det of each block comes from :mod:`models.logdet_estimators` (exact / truncated series / Russian
+roulette, optional Neumann gradient); the inverse is a per-block fixed-point solve (:mod:`models.fixed_point`,
+plain or Anderson), reported in ``last_inverse``. ``logits`` is i-ResNet's classifier: a linear layer on the
+flattened ``z``.
+
+:class:`IResNetNative`: ELU, 5-term series with one Gaussian probe, ``c = 0.9``.
+:class:`ResFlowNative`: LipSwish, roulette with 2 exact terms + Geom(0.5) tail (4 terms expected), Neumann
+gradient, ``c = 0.98``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from models.activations import Activation, make_activation
+from models.actnorm import ActNorm
+from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.fixed_point import SolveResult, anderson, fixed_point
+from models.logdet_estimators import VJP, EstimatorSettings, block_logdet
+from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
+from models.squeeze import squeeze, squeezed_shape, unsqueeze
+
+InitMode = Literal["lazy", "force", "never"]
+SOLVERS = ("fixed_point", "anderson")
+
+
+class ResidualNet(nn.Module):
+    """The contractive branch ``g``: (B, *shape) -> (B, *shape), ``Lip(g) <= coeff ** len(layers)``.
+
+    Args:
+        shape: ``(D,)`` for linear layers or ``(C, H, W)`` for convolutions.
+        hidden: hidden width (features or channels).
+        coeff: spectral-norm coefficient ``c`` of every layer.
+        activation: ``"elu"`` or ``"lipswish"``.
+        hidden_layers: number of hidden layers (``hidden_layers + 1`` weight layers).
+        n_power_iterations: power-iteration steps per training forward.
+    """
+
+    def __init__(self, shape: Sequence[int], hidden: int, coeff: float, activation: str, hidden_layers: int = 2,
+                 n_power_iterations: int = 1) -> None:
+        super().__init__()
+        self.shape = tuple(shape)
+        widths = [self.shape[0]] + [hidden] * hidden_layers + [self.shape[0]]
+        layers: list[SpectralNormLayer] = []
+        for i in range(len(widths) - 1):
+            if len(self.shape) == 1:
+                layers.append(SpectralNormLinear(widths[i], widths[i + 1], coeff, n_power_iterations))
+            else:
+                kernel = 3 if i in (0, len(widths) - 2) else 1
+                hw = (self.shape[1], self.shape[2])
+                layers.append(SpectralNormConv2d(widths[i], widths[i + 1], kernel, hw, coeff, n_power_iterations))
+        self.layers = nn.ModuleList(layers)
+        self.acts = nn.ModuleList([make_activation(activation) for _ in range(len(layers) - 1)])
+
+    def _layer(self, i: int) -> SpectralNormLayer:
+        layer = self.layers[i]
+        assert isinstance(layer, SpectralNormLayer)
+        return layer
+
+    def _act(self, i: int) -> Activation:
+        act = self.acts[i]
+        assert isinstance(act, Activation)
+        return act
+
+    def weights(self, update: bool) -> list[Tensor]:
+        """The normalised weights; ``update`` advances power iteration (training mode only)."""
+        return [self._layer(i).normalized_weight(update) for i in range(len(self.layers))]
+
+    def evaluate(self, x: Tensor, weights: list[Tensor]) -> Tensor:
+        """``g(x)`` with the given normalised weights. ``x``: (B, *shape) -> (B, *shape)."""
+        h = x
+        for i in range(len(self.layers)):
+            h = self._layer(i).affine(h, weights[i])
+            if i < len(self.acts):
+                h = self._act(i)(h)
+        return h
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.evaluate(x, self.weights(update=True))
+
+    def linearize(self, x: Tensor, weights: list[Tensor], mode: str = "analytic") -> tuple[Tensor, VJP]:
+        """``g(x)`` and its vector-Jacobian product from one evaluation.
+
+        ``x``: (B, *shape) -> (``g(x)``: (B, *shape), ``vjp``) with ``vjp(v) = v^T J_g(x)`` for ``v``: (P, B, *shape).
+        ``"analytic"``: ``v -> W_1^T(phi'(a_1) * W_2^T(phi'(a_2) * W_3^T v))`` through the saved derivatives, an
+        ordinary differentiable expression (its gradient needs no double backward); ``"autograd"``: repeated
+        ``torch.autograd.grad`` on the one graph, ``create_graph=True`` whenever grad mode is on.
+        """
+        if mode == "autograd":
+            return self._linearize_autograd(x, weights)
+        derivs: list[Tensor] = []
+        h = x
+        for i in range(len(self.layers)):
+            h = self._layer(i).affine(h, weights[i])
+            if i < len(self.acts):
+                h, d = self._act(i).value_and_derivative(h)
+                derivs.append(d)
+        batch, shape = x.shape[0], tuple(x.shape[1:])
+
+        def vjp_linear(v: Tensor) -> Tensor:  # (P, B, D): matmul and the derivatives broadcast over P
+            u = v
+            for i in reversed(range(len(weights))):
+                u = u @ weights[i]
+                if i > 0:
+                    u = u * derivs[i - 1]
+            return u
+
+        def vjp_conv(v: Tensor) -> Tensor:  # (P, B, C, H, W): convolutions need a 4-D batch
+            p = v.shape[0]
+            u = v.reshape(p * batch, *shape)
+            for i in reversed(range(len(self.layers))):
+                u = self._layer(i).transpose(u, weights[i])
+                if i > 0:
+                    d = derivs[i - 1]
+                    u = (u.reshape(p, *d.shape) * d).reshape(p * batch, *d.shape[1:])
+            return u.reshape(p, batch, *shape)
+
+        return h, (vjp_linear if len(shape) == 1 else vjp_conv)
+
+    def _linearize_autograd(self, x: Tensor, weights: list[Tensor]) -> tuple[Tensor, VJP]:
+        x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            gx = self.evaluate(x_in, weights)
+
+        def vjp(v: Tensor) -> Tensor:
+            (out,) = torch.autograd.grad(gx, x_in, v, retain_graph=True, create_graph=torch.is_grad_enabled(),
+                                         is_grads_batched=True)
+            return out
+
+        return (gx if torch.is_grad_enabled() else gx.detach()), vjp
+
+
+class ResidualBlock(nn.Module):
+    """``F(x) = x + g(x)``: (B, *shape) -> (B, *shape), with a log-det estimate and a fixed-point inverse."""
+
+    def __init__(self, net: ResidualNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor, settings: EstimatorSettings | None = None, generator: torch.Generator | None = None,
+                update: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``x``: (B, *shape) -> (``y``: (B, *shape), ``ladj``: (B,) or None when ``settings`` is None)."""
+        weights = self.net.weights(update)
+        if settings is None:
+            return x + self.net.evaluate(x, weights), None
+        gx, vjp = self.net.linearize(x, weights, settings.vjp)
+        return x + gx, block_logdet(vjp, x, settings, generator)
+
+    @torch.no_grad()
+    def inverse(self, y: Tensor, solver: str = "fixed_point", atol: float = 1e-10, rtol: float = 1e-10,
+                max_iter: int = 1000, memory: int = 5) -> tuple[Tensor, SolveResult]:
+        """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result)."""
+        weights = self.net.weights(update=False)
+
+        def step(x: Tensor) -> Tensor:
+            return y - self.net.evaluate(x, weights)
+
+        if solver == "anderson":
+            return anderson(step, y, atol, rtol, max_iter, memory=memory)
+        return fixed_point(step, y, atol, rtol, max_iter)
+
+
+class ResidualFlow(InvertibleModel):
+    """A stack of residual blocks with ActNorm between them (shared by :class:`IResNetNative`, :class:`ResFlowNative`).
+
+    Args:
+        shape: ``(D,)`` or ``(C, H, W)``.
+        num_classes: classes of the ``logits`` head (10 by default).
+        depth: number of residual blocks.
+        hidden: hidden width of each block's ``g`` (features or channels).
+        hidden_layers: hidden layers per ``g`` (weight layers = ``hidden_layers + 1``).
+        coeff: spectral-norm coefficient ``c`` per layer (``c >= 1`` voids the invertibility guarantee; allowed
+            so that tests and stability studies can force it).
+        activation: ``"elu"`` or ``"lipswish"``.
+        actnorm: put an ActNorm before every block.
+        squeeze: space-to-depth steps for images (``None``: one if height and width are even).
+        n_power_iterations: spectral-norm power-iteration steps per training forward.
+        method, terms, exact_terms, probes, probe, tail, tail_param, max_terms, neumann_grad, vjp, eval_seed:
+            the log-det estimator, see :class:`models.logdet_estimators.EstimatorSettings`.
+        solver: ``"fixed_point"`` or ``"anderson"``.
+        inverse_tol: ``tol`` of each block's solve, which stops at ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)``
+            (``None``: 1e-10 in float64, 1e-6 otherwise; the reconstruction error is up to ``Lip(g) / (1 - Lip(g))``
+            times that residual, so slowly contracting blocks need a tighter ``tol`` for a given error).
+        max_iter: iteration cap per block.
+        anderson_memory: Anderson's history length ``m``.
+    """
+
+    family: ClassVar[str] = "iresnet"
+    backend: ClassVar[str] = "native"
+    capabilities: ClassVar[Capabilities] = Capabilities(density=True, logdet="estimator", inverse="iterative",
+                                                        classifier=True, inputs=("vector", "image"))
+    roundtrip_tol: ClassVar[float] = 1e-7
+    logdet_tol: ClassVar[float] = 1e-6
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, **hparams: Any) -> None:
+        cfg = self._resolve(hparams)
+        super().__init__(shape, num_classes, **cfg)
+        settings_keys = set(EstimatorSettings().as_dict())
+        self.settings = EstimatorSettings(**{k: v for k, v in cfg.items() if k in settings_keys})
+        self._check_inverse_settings(cfg)
+        self.n_squeeze = self._n_squeeze(cfg["squeeze"])
+        self.inner_shape = self._inner_shape()
+        self.actnorms = nn.ModuleList(
+            [ActNorm(self.inner_shape[0]) if cfg["actnorm"] else nn.Identity() for _ in range(cfg["depth"])])
+        self.blocks = nn.ModuleList([
+            ResidualBlock(ResidualNet(self.inner_shape, cfg["hidden"], cfg["coeff"], cfg["activation"],
+                                      cfg["hidden_layers"], cfg["n_power_iterations"]))
+            for _ in range(cfg["depth"])])
+        assert self.num_classes is not None
+        self.head = nn.Linear(self.dim, self.num_classes)
+
+    # ------------------------------------------------------------------------------ configuration
+    @classmethod
+    def _resolve(cls, hparams: dict[str, Any]) -> dict[str, Any]:
+        base: dict[str, Any] = {
+            "depth": 4, "hidden": 64, "hidden_layers": 2, "coeff": 0.9, "activation": "elu", "actnorm": True,
+            "squeeze": None, "n_power_iterations": 1, "solver": "fixed_point", "inverse_tol": None,
+            "max_iter": 1000, "anderson_memory": 5,
+        }
+        base.update(EstimatorSettings().as_dict())
+        base.update(cls.defaults)
+        unknown = set(hparams) - set(base)
+        if unknown:
+            raise TypeError(f"{cls.__name__} got unknown hyper-parameter(s) {sorted(unknown)}")
+        base.update(hparams)
+        if int(base["depth"]) < 1 or int(base["hidden"]) < 1 or int(base["hidden_layers"]) < 1:
+            raise ValueError("depth, hidden and hidden_layers must be >= 1")
+        return base
+
+    @staticmethod
+    def _check_inverse_settings(cfg: dict[str, Any]) -> None:
+        if cfg["solver"] not in SOLVERS:
+            raise ValueError(f"unknown solver {cfg['solver']!r}; choose from {SOLVERS}")
+        if int(cfg["max_iter"]) < 1 or int(cfg["anderson_memory"]) < 1:
+            raise ValueError("max_iter and anderson_memory must be >= 1")
+
+    def _n_squeeze(self, n_squeeze: int | None) -> int:
+        if len(self.shape) == 1:
+            return 0
+        if len(self.shape) != 3:
+            raise ValueError(f"images must be (C, H, W), got {self.shape}")
+        if n_squeeze is None:
+            return 1 if self.shape[1] % 2 == 0 and self.shape[2] % 2 == 0 else 0
+        return int(n_squeeze)
+
+    def _inner_shape(self) -> tuple[int, ...]:
+        if len(self.shape) == 1:
+            return self.shape
+        c, h, w = self.shape
+        return squeezed_shape((c, h, w), self.n_squeeze)
+
+    def estimator_settings(self) -> dict[str, Any]:
+        """The log-det estimator's settings, see :class:`models.logdet_estimators.EstimatorSettings`."""
+        return self.settings.as_dict()
+
+    def configure_estimator(self, **settings: Any) -> None:
+        """Change the log-det estimator, e.g. ``configure_estimator(method="exact")`` or ``terms=10, probes=4``."""
+        self.settings = self.settings.updated(**settings)
+        self._hparams.update(settings)
+
+    def configure_inverse(self, **settings: Any) -> None:
+        """Change the inverse: ``solver``, ``inverse_tol``, ``max_iter``, ``anderson_memory``."""
+        allowed = {"solver", "inverse_tol", "max_iter", "anderson_memory"}
+        unknown = set(settings) - allowed
+        if unknown:
+            raise ValueError(f"unknown inverse setting(s) {sorted(unknown)}; known: {sorted(allowed)}")
+        cfg = {**self._hparams, **settings}
+        self._check_inverse_settings(cfg)
+        self._hparams.update(settings)
+
+    # ------------------------------------------------------------------------------ the flow
+    def _pre(self, x: Tensor) -> Tensor:
+        for _ in range(self.n_squeeze):
+            x = squeeze(x)
+        return x
+
+    def _post(self, z: Tensor) -> Tensor:
+        for _ in range(self.n_squeeze):
+            z = unsqueeze(z)
+        return z
+
+    def _generator(self, x: Tensor) -> torch.Generator | None:
+        if self.training or self.settings.eval_seed is None:
+            return None
+        return torch.Generator(device=x.device).manual_seed(int(self.settings.eval_seed))
+
+    def _transform(self, x: Tensor, settings: EstimatorSettings | None, update: bool, init: InitMode
+                   ) -> tuple[Tensor, Tensor | None]:
+        """``x``: (B, *shape) -> (``z``: (B, *shape), ``ladj``: (B,) or None when ``settings`` is None)."""
+        generator = self._generator(x) if settings is not None else None
+        h = self._pre(x)
+        ladj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if settings is not None else None
+        for norm, block in zip(self.actnorms, self.blocks, strict=True):
+            if isinstance(norm, ActNorm):
+                if init == "force" or (init == "lazy" and self.training and not bool(norm.initialized)
+                                       and h.shape[0] >= 2):
+                    norm.initialize(h)
+                h, l_norm = norm(h)
+                ladj = None if ladj is None else ladj + l_norm
+            assert isinstance(block, ResidualBlock)
+            h, l_block = block(h, settings, generator, update)
+            if ladj is not None and l_block is not None:
+                ladj = ladj + l_block
+        return self._post(h), ladj
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x``: (B, *shape) -> ``z``: (B, *shape), ``ladj``: (B,), an estimate unless ``method="exact"``."""
+        z, ladj = self._transform(x, self.settings, update=True, init="lazy")
+        assert ladj is not None
+        return z, ladj
+
+    def transform(self, x: Tensor) -> Tensor:
+        """``z`` alone, without the log-det (one evaluation of each ``g``). ``x``: (B, *shape) -> (B, *shape)."""
+        return self._transform(x, None, update=False, init="never")[0]
+
+    def exact_logdet(self, x: Tensor) -> Tensor:
+        """Exact ``log|det dz/dx|`` from each block's full Jacobian. ``x``: (B, *shape) -> (B,). Small D only."""
+        exact = self.settings.updated(method="exact", neumann_grad=False)
+        ladj = self._transform(x, exact, update=False, init="never")[1]
+        assert ladj is not None
+        return ladj
+
+    def data_init(self, x: Tensor) -> None:
+        """Initialise every ActNorm from the batch ``x``: (B, *shape), block by block."""
+        with torch.no_grad():
+            self._transform(x, None, update=False, init="force")
+
+    def logits(self, x: Tensor) -> Tensor:
+        """i-ResNet classifier: linear layer on the flattened ``z``. ``x``: (B, *shape) -> (B, num_classes)."""
+        z = self._transform(x, None, update=True, init="lazy")[0]
+        return self.head(z.reshape(z.shape[0], -1))
+
+    def _inverse_tol(self, dtype: torch.dtype) -> float:
+        tol = self._hparams["inverse_tol"]
+        if tol is not None:
+            return float(tol)
+        return 1e-10 if dtype == torch.float64 else 1e-6
+
+    def inverse(self, z: Tensor) -> Tensor:
+        """Invert block by block with the configured solver. ``z``: (B, *shape) -> ``x``: (B, *shape).
+
+        Sets ``self.last_inverse``: ``per_block`` iterations in inversion order (last block first), ``history``
+        the residuals of all solves concatenated in that order, ``converged`` only if every block converged.
+        """
+        tol = self._inverse_tol(z.dtype)
+        info = InverseInfo(iterations=0, residual=0.0, converged=True)
+        h = self._pre(z)
+        with torch.no_grad():
+            for norm, block in zip(reversed(self.actnorms), reversed(self.blocks), strict=True):
+                assert isinstance(block, ResidualBlock)
+                h, res = block.inverse(h, self._hparams["solver"], tol, tol, int(self._hparams["max_iter"]),
+                                       int(self._hparams["anderson_memory"]))
+                info.per_block.append(res.iterations)
+                info.history.extend(res.history)
+                info.iterations = max(info.iterations, res.iterations)
+                info.residual = res.residual if math.isnan(res.residual) else max(info.residual, res.residual)
+                info.converged = info.converged and res.converged
+                if isinstance(norm, ActNorm):
+                    h = norm.inverse(h)
+        self.last_inverse = info
+        return self._post(h)
+
+
+class IResNetNative(ResidualFlow):
+    """i-ResNet (Behrmann et al., ICML 2019): ELU, truncated series log-det (5 terms, 1 probe), ``c = 0.9``."""
+
+    family = "iresnet"
+    defaults: ClassVar[dict[str, Any]] = {"activation": "elu", "coeff": 0.9, "method": "series", "terms": 5,
+                                          "probes": 1, "neumann_grad": False}
+
+
+class ResFlowNative(ResidualFlow):
+    """Residual Flow (Chen et al., NeurIPS 2019): LipSwish, roulette log-det (2 exact terms + Geom(0.5) tail),
+    Neumann gradient, ``c = 0.98``."""
+
+    family = "resflow"
+    defaults: ClassVar[dict[str, Any]] = {"activation": "lipswish", "coeff": 0.98, "method": "roulette",
+                                          "exact_terms": 2, "tail": "geometric", "tail_param": 0.5,
+                                          "neumann_grad": True}

@@ -1,0 +1,146 @@
+"""Spectrally normalised linear and convolutional layers with a Lipschitz coefficient ``c``.
+
+Behrmann et al., "Invertible Residual Networks", ICML 2019, sec. 3 (after Miyato et al., "Spectral
+Normalization for GANs", ICLR 2018): the weight used is ``W_eff = W / max(1, sigma(W) / c)``, so
+``||W_eff||_2 <= c`` whenever ``sigma(W)`` is the operator norm, and ``W`` is left alone when it is already small.
+``sigma`` is estimated by power iteration with persistent vectors ``u``, ``v`` (buffers): in training mode each
+forward does ``n_power_iterations`` steps and stores them; in eval mode the stored vectors are used unchanged,
+so evaluation is deterministic. Power iteration gives ``sigma_est <= sigma``, so the bound holds up to the
+iteration's convergence; ``init_iterations`` steps are run at construction.
+
+For a convolution the operator is the convolution *with its padding at the actual input size*, not the
+reshaped kernel matrix: power iteration runs through ``conv2d`` and its adjoint ``conv_transpose2d`` on
+vectors of shape ``(1, C, H, W)`` (Behrmann et al. 2019, appendix; Gouk et al. 2018).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def _normalize(t: Tensor, eps: float = 1e-12) -> Tensor:
+    return t / t.norm().clamp_min(eps)
+
+
+class SpectralNormLayer(nn.Module):
+    """Common machinery: ``weight``, ``bias``, buffers ``u`` (output space) and ``v`` (input space).
+
+    Subclasses implement the operator ``_op(x, W)`` and its adjoint ``_adjoint(y, W)`` without bias.
+    """
+
+    weight: nn.Parameter
+    bias: nn.Parameter
+    u: Tensor
+    v: Tensor
+
+    def __init__(self, coeff: float, n_power_iterations: int, init_iterations: int) -> None:
+        super().__init__()
+        if coeff <= 0:
+            raise ValueError(f"coeff must be positive, got {coeff}")
+        self.coeff = float(coeff)
+        self.n_power_iterations = int(n_power_iterations)
+        self.init_iterations = int(init_iterations)
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _adjoint(self, y: Tensor, w: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _init_vectors(self, u_shape: tuple[int, ...], v_shape: tuple[int, ...]) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.register_buffer("u", _normalize(torch.randn(u_shape, generator=g)))
+        self.register_buffer("v", _normalize(torch.randn(v_shape, generator=g)))
+        self.power_iterate(self.init_iterations)
+
+    @torch.no_grad()
+    def power_iterate(self, iterations: int) -> None:
+        """Run ``iterations`` power-iteration steps on ``W^T W`` and store ``u``, ``v``."""
+        if iterations <= 0:
+            return
+        w = self.weight.detach()
+        u, v = self.u, self.v
+        for _ in range(iterations):
+            v = _normalize(self._adjoint(u, w))
+            u = _normalize(self._op(v, w))
+        self.u.copy_(u)
+        self.v.copy_(v)
+
+    def sigma(self, update: bool = False) -> Tensor:
+        """The power-iteration estimate ``u^T W v`` of ``||W||_2`` (differentiable in ``W``); scalar."""
+        if update and self.training:
+            self.power_iterate(self.n_power_iterations)
+        # a graph saves u and v, which a later training forward updates in place: give it copies
+        u, v = (self.u.clone(), self.v.clone()) if torch.is_grad_enabled() else (self.u, self.v)
+        return (u * self._op(v, self.weight)).sum()
+
+    def normalized_weight(self, update: bool = False) -> Tensor:
+        """``W / max(1, sigma / c)``; ``update`` runs power iteration first (training mode only)."""
+        factor = torch.clamp(self.sigma(update) / self.coeff, min=1.0)
+        return self.weight / factor
+
+    def affine(self, x: Tensor, w: Tensor) -> Tensor:
+        """``x -> op(x; w) + b``."""
+        raise NotImplementedError
+
+    def transpose(self, y: Tensor, w: Tensor) -> Tensor:
+        """The adjoint (vector-Jacobian product) ``y -> op^T(y; w)``."""
+        return self._adjoint(y, w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.affine(x, self.normalized_weight(update=True))
+
+
+class SpectralNormLinear(SpectralNormLayer):
+    """``x -> x W_eff^T + b`` with ``||W_eff||_2 <= c``. ``x``: (..., in_features) -> (..., out_features)."""
+
+    def __init__(self, in_features: int, out_features: int, coeff: float = 0.9, n_power_iterations: int = 1,
+                 init_iterations: int = 50) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations)
+        lin = nn.Linear(in_features, out_features)
+        self.weight = nn.Parameter(lin.weight.detach().clone())
+        self.bias = nn.Parameter(lin.bias.detach().clone())
+        self._init_vectors((out_features,), (in_features,))
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        return x @ w.T
+
+    def _adjoint(self, y: Tensor, w: Tensor) -> Tensor:
+        return y @ w
+
+    def affine(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.linear(x, w, self.bias)
+
+
+class SpectralNormConv2d(SpectralNormLayer):
+    """Stride-1 'same' convolution with ``||conv_W_eff||_2 <= c`` as an operator on ``(C_in, H, W)`` inputs.
+
+    ``x``: (B, in_channels, H, W) -> (B, out_channels, H, W); ``input_hw`` = (H, W) is the size the operator norm
+    is taken at (the norm of a padded convolution depends on it).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_hw: tuple[int, int],
+                 coeff: float = 0.9, n_power_iterations: int = 1, init_iterations: int = 50) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd for a size-preserving convolution, got {kernel_size}")
+        self.padding = kernel_size // 2
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=self.padding)
+        self.weight = nn.Parameter(conv.weight.detach().clone())
+        assert conv.bias is not None
+        self.bias = nn.Parameter(conv.bias.detach().clone())
+        h, w = self.input_hw
+        self._init_vectors((1, out_channels, h, w), (1, in_channels, h, w))
+
+    def _op(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, padding=self.padding)
+
+    def _adjoint(self, y: Tensor, w: Tensor) -> Tensor:
+        return F.conv_transpose2d(y, w, padding=self.padding)
+
+    def affine(self, x: Tensor, w: Tensor) -> Tensor:
+        return F.conv2d(x, w, self.bias, padding=self.padding)
+

@@ -1,0 +1,196 @@
+"""Native i-ResNet / Residual Flow against FrEIA 0.2's ``IResNetLayer``: log-det cost and inverse cost.
+
+Run: ``pytest tests/benchmarks/test_bench_iresnet.py --benchmark-only -q -s``. Every ratio is the median over
+alternating rounds in one process (:func:`bench.timing.time_ratio`), stored in ``benchmark.extra_info`` and
+printed. FrEIA's layers get the native block's (normalised) weights, so both sides compute the same ``g``.
+
+(a) Log-det cost (Behrmann et al., ICML 2019, sec. 4): one block, equal terms, probes, width and batch.
+    FrEIA re-evaluates ``g`` and takes a fresh ``autograd.grad`` for every term and probe, and needs grad mode
+    even to evaluate; the native block evaluates ``g`` once and applies the transposed chain to all probes
+    at once. Two ratios: evaluation (native under ``no_grad``) and training forward (native keeps the graph
+    of a differentiable log-det; FrEIA's log-det has no backward at all, so it does strictly less work there).
+(b) Inverse cost in forward-pass units, ``time(inverse) / time(forward without log-det)``, at reconstruction
+    error <= 1e-5 (float32), on an i-ResNet (c = 0.9) trained briefly on a 2-D ring of Gaussians: native
+    plain fixed point and Anderson (loosest tolerance meeting the error) against FrEIA's fixed 50 iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import FrEIA.modules as Fm
+import pytest
+import torch
+from torch import Tensor, nn
+
+from bench.timing import time_ratio
+from models.actnorm import ActNorm
+from models.iresnet import IResNetNative, ResidualBlock, ResidualNet
+from models.logdet_estimators import EstimatorSettings
+from models.spectral_norm import SpectralNormLinear
+
+
+def _freia_layer_like(net: ResidualNet, terms: int, probes: int, iterations: int = 50) -> Fm.IResNetLayer:
+    """A FrEIA ``IResNetLayer`` computing the same ``g`` (normalised weights copied), Linear/ELU only."""
+    first = net.layers[0]
+    assert isinstance(first, SpectralNormLinear)
+    d, hidden = first.weight.shape[1], first.weight.shape[0]
+    layer = Fm.IResNetLayer([(d,)], internal_size=hidden, n_internal_layers=len(net.layers) - 2,
+                            jacobian_iterations=terms, hutchinson_samples=probes,
+                            fixed_point_iterations=iterations)
+    with torch.no_grad():
+        for mine, theirs in zip(net.weights(update=False), layer.layers, strict=True):
+            theirs.weight.copy_(mine)
+        for src, dst in zip(net.layers, layer.layers, strict=True):
+            assert isinstance(src, SpectralNormLinear)
+            dst.bias.copy_(src.bias)
+    return layer
+
+
+# ------------------------------------------------------------------------------------------ (a) log-det cost
+@pytest.mark.parametrize(("terms", "probes"), [(5, 1), (10, 4)])
+def test_logdet_cost_native_series_vs_freia(benchmark: Any, terms: int, probes: int) -> None:
+    d, hidden, batch = 64, 64, 128
+    torch.manual_seed(0)
+    block = ResidualBlock(ResidualNet((d,), hidden, 0.9, "elu"))
+    freia = _freia_layer_like(block.net, terms, probes)
+    settings = EstimatorSettings(method="series", terms=terms, probes=probes, probe="rademacher")
+    x = torch.randn(batch, d)
+
+    def freia_forward() -> Tensor:
+        _, jac = freia([x.clone()], jac=True)
+        return jac
+
+    def native_eval() -> Tensor:
+        with torch.no_grad():
+            return block(x, settings, None, update=False)[1]  # type: ignore[return-value]
+
+    def native_train_forward() -> Tensor:
+        return block(x, settings, None, update=False)[1]  # type: ignore[return-value]
+
+    def native_train_step() -> None:
+        y, ladj = block(x, settings, None, update=False)
+        assert ladj is not None
+        (ladj.sum() + y.sum()).backward()
+
+    with torch.no_grad():
+        same_g = torch.allclose(freia([x.clone()], jac=False)[0][0], block(x, update=False)[0], atol=1e-5)
+    assert same_g, "FrEIA's layer must compute the same g as the native block"
+    freia_grad = freia_forward().requires_grad
+    native_grad = native_train_forward().requires_grad
+    eval_ratio = time_ratio(freia_forward, native_eval, rounds=31, max_seconds=30)
+    train_ratio = time_ratio(freia_forward, native_train_forward, rounds=31, max_seconds=30)
+    step_ratio = time_ratio(native_train_step, freia_forward, rounds=15, max_seconds=30)
+    benchmark.pedantic(native_eval, rounds=20, iterations=1, warmup_rounds=2)
+    info = {
+        "d": d, "hidden": hidden, "batch": batch, "terms": terms, "probes": probes,
+        "freia_over_native_eval": eval_ratio.median, "freia_over_native_eval_iqr": [eval_ratio.q25, eval_ratio.q75],
+        "freia_over_native_train_forward": train_ratio.median,
+        "freia_over_native_train_forward_iqr": [train_ratio.q25, train_ratio.q75],
+        "native_train_step_over_freia_forward": step_ratio.median,
+        "freia_logdet_has_gradient": freia_grad, "native_logdet_has_gradient": native_grad,
+    }
+    benchmark.extra_info.update(info)
+    print(f"\n[iresnet log-det cost, D={d} hidden={hidden} batch={batch} terms={terms} probes={probes}] "
+          f"FrEIA forward / native: eval {eval_ratio.median:.2f}x (IQR {eval_ratio.q25:.2f}-{eval_ratio.q75:.2f}), "
+          f"training forward {train_ratio.median:.2f}x (IQR {train_ratio.q25:.2f}-{train_ratio.q75:.2f}); "
+          f"native forward+backward = {step_ratio.median:.2f} FrEIA forwards; "
+          f"log-det gradient: FrEIA {freia_grad}, native {native_grad}")
+    assert native_grad and not freia_grad
+
+
+# ------------------------------------------------------------------------------------------ (b) inverse cost
+def _ring(n: int, generator: torch.Generator) -> Tensor:
+    """8 Gaussians (std 0.2) on a circle of radius 2: (n, 2)."""
+    k = torch.randint(0, 8, (n,), generator=generator)
+    angle = k.to(torch.float32) * (2 * math.pi / 8)
+    centres = 2 * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return centres + 0.2 * torch.randn(n, 2, generator=generator)
+
+
+def _train(steps: int) -> IResNetNative:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = IResNetNative((2,), coeff=0.9)
+    model.data_init(_ring(512, gen))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(steps):
+        loss = -model.log_prob(_ring(128, gen)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+class _FreiaStack(nn.Module):
+    """FrEIA ActNorm + IResNetLayer pairs with the native model's parameters: the same map, FrEIA's inverse."""
+
+    def __init__(self, model: IResNetNative) -> None:
+        super().__init__()
+        mods: list[nn.Module] = []
+        for norm, block in zip(model.actnorms, model.blocks, strict=True):
+            assert isinstance(norm, ActNorm) and isinstance(block, ResidualBlock)
+            fr_norm = Fm.ActNorm([(2,)])
+            with torch.no_grad():  # native (x + b) e^s == FrEIA x e^s' + b' with s' = s, b' = b e^s
+                fr_norm.scale.copy_(norm.log_scale.view(1, -1))
+                fr_norm.bias.copy_((norm.bias * norm.log_scale.exp()).view(1, -1))
+            fr_norm.init_on_next_batch = False
+            mods += [fr_norm, _freia_layer_like(block.net, terms=1, probes=1)]
+        self.mods = nn.ModuleList(mods)
+
+    @torch.no_grad()
+    def forward(self, x: Tensor) -> Tensor:
+        for m in self.mods:
+            x = m([x], jac=False)[0][0]
+        return x
+
+    @torch.no_grad()
+    def inverse(self, z: Tensor) -> Tensor:
+        for m in reversed(self.mods):
+            z = m([z], rev=True, jac=False)[0][0]
+        return z
+
+
+def test_inverse_cost_in_forward_units(benchmark: Any) -> None:
+    model = _train(steps=300)
+    freia = _FreiaStack(model)
+    gen = torch.Generator().manual_seed(1)
+    x = _ring(256, gen)
+    with torch.no_grad():
+        z = model.transform(x)
+    assert torch.allclose(freia(x), z, atol=1e-5), "the FrEIA stack must compute the same map"
+
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return model.transform(x)
+
+    results: dict[str, dict[str, Any]] = {}
+    for solver in ("fixed_point", "anderson"):
+        for tol in (1e-5, 3e-6, 1e-6, 3e-7):  # the loosest tolerance that reaches the target error (float32)
+            model.configure_inverse(solver=solver, inverse_tol=tol)
+            x_rec, info = model.invert(z)
+            err = (x_rec - x).abs().max().item()
+            if err <= 1e-5 and info.converged:
+                break
+        stats = time_ratio(lambda: model.inverse(z), forward, rounds=31, max_seconds=30)
+        results[solver] = {"forward_units": stats.median, "iqr": [stats.q25, stats.q75], "tol": tol,
+                           "iterations_per_block": info.per_block, "reconstruction_error": err,
+                           "converged": info.converged}
+    freia_err = (freia.inverse(z) - x).abs().max().item()
+    freia_stats = time_ratio(lambda: freia.inverse(z), lambda: freia(x), rounds=31, max_seconds=30)
+    results["freia"] = {"forward_units": freia_stats.median, "iqr": [freia_stats.q25, freia_stats.q75],
+                        "iterations_per_block": [50] * len(model.blocks), "reconstruction_error": freia_err}
+    model.configure_inverse(solver="fixed_point", inverse_tol=results["fixed_point"]["tol"])
+    head_to_head = time_ratio(lambda: freia.inverse(z), lambda: model.inverse(z), rounds=31, max_seconds=30)
+    benchmark.pedantic(lambda: model.inverse(z), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"inverse": results, "freia_over_native_plain_inverse": head_to_head.median,
+                                 "batch": x.shape[0], "coeff": 0.9, "depth": len(model.blocks)})
+    print("\n[iresnet inverse cost, trained 300 steps on a 2-D ring, c=0.9, float32, batch 256]")
+    for name, r in results.items():
+        print(f"  {name:<12} {r['forward_units']:.2f} forward passes (IQR {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}), "
+              f"iterations/block {r['iterations_per_block']}, max reconstruction error {r['reconstruction_error']:.1e}"
+              + (f", tol {r['tol']:.0e}" if "tol" in r else ""))
+    print(f"  FrEIA inverse time / native plain inverse time: {head_to_head.median:.2f}x")
+    for solver in ("fixed_point", "anderson"):
+        assert results[solver]["converged"] and results[solver]["reconstruction_error"] <= 1e-5

@@ -1,0 +1,448 @@
+"""Native i-ResNet and Residual Flow: log-dets against autograd, estimator statistics, spectral norms, inverses.
+
+References: Behrmann et al., "Invertible Residual Networks", ICML 2019; Chen et al., "Residual Flows for
+Invertible Generative Modeling", NeurIPS 2019.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.activations import ELU, LipSwish
+from models.actnorm import ActNorm
+from models.iresnet import IResNetNative, ResFlowNative, ResidualBlock, ResidualFlow, ResidualNet
+from models.jacobian import jacobian_slogdet
+from models.logdet_estimators import (
+    EstimatorSettings,
+    neumann_series,
+    power_series,
+    sample_tail,
+    tail_survival,
+)
+from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
+from models.squeeze import squeeze, unsqueeze
+
+MODELS = [IResNetNative, ResFlowNative]
+SHAPES = [(3,), (1, 4, 4)]
+SMALL = {"depth": 2, "hidden": 16}
+
+
+def saturate(module: nn.Module, factor: float = 10.0, iterations: int = 200) -> None:
+    """Scale every spectrally normalised weight up so that its normalised version sits at ``c``."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, SpectralNormLayer):
+                layer.weight.mul_(factor)
+                layer.power_iterate(iterations)
+
+
+def near_identity(net: ResidualNet, sign: float = -1.0, noise: float = 0.1) -> None:
+    """Square layers ``c (I + noise)`` with positive pre-activation biases, so ``J_g ~ sign c^3 I``: a block whose
+    higher power-series terms are large (random weights give a much smaller ``J_g`` than the bound ``c^3``)."""
+    with torch.no_grad():
+        for i, layer in enumerate(net.layers):
+            assert isinstance(layer, SpectralNormLinear) and layer.weight.shape[0] == layer.weight.shape[1]
+            d = layer.weight.shape[0]
+            w = torch.eye(d, dtype=layer.weight.dtype) + noise * torch.randn(d, d, dtype=layer.weight.dtype) / d**0.5
+            last = i == len(net.layers) - 1
+            layer.weight.copy_(5.0 * (sign if last else 1.0) * w)
+            layer.bias.fill_(0.0 if last else 3.0)
+            layer.power_iterate(200)
+
+
+def net_of(model: ResidualFlow, i: int = 0) -> ResidualNet:
+    block = model.blocks[i]
+    assert isinstance(block, ResidualBlock)
+    return block.net
+
+
+def make(cls: type[ResidualFlow], shape: tuple[int, ...], seed: int = 0, **kw: Any) -> ResidualFlow:
+    """A small float64 model with initialised ActNorms (non-trivial scales), in eval mode."""
+    torch.manual_seed(seed)
+    model = cls(shape, **{**SMALL, **kw}).double()
+    saturate(model, factor=3.0)
+    model.data_init(1.7 * torch.randn(16, *shape, dtype=torch.float64) + 0.3)
+    return model.eval()
+
+
+def exact_probes(d: int, batch: int, shape: tuple[int, ...]) -> Tensor:
+    """Probes ``sqrt(D) e_i``, i = 1..D: their mean of ``v^T A v`` is exactly ``tr(A)``. -> (D, B, *shape)."""
+    eye = math.sqrt(d) * torch.eye(d, dtype=torch.float64)
+    return eye[:, None, :].expand(d, batch, d).reshape(d, batch, *shape).clone()
+
+
+# ------------------------------------------------------------------------------------------ log-det exact
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_exact_method_equals_autograd_slogdet(cls: type[ResidualFlow], shape: tuple[int, ...]) -> None:
+    model = make(cls, shape, method="exact")
+    x = torch.randn(5, *shape, dtype=torch.float64)
+    z, ladj = model(x)
+    reference = jacobian_slogdet(model.transform, x)
+    assert ladj.shape == (5,)
+    assert z.shape == x.shape
+    assert torch.allclose(ladj, reference, atol=1e-9, rtol=0)
+    assert torch.allclose(model.exact_logdet(x), reference, atol=1e-9, rtol=0)
+
+
+def test_analytic_vjp_equals_autograd_vjp() -> None:
+    torch.manual_seed(1)
+    for shape, act in [(SHAPES[0], "elu"), (SHAPES[0], "lipswish"), (SHAPES[1], "elu"), (SHAPES[1], "lipswish")]:
+        net = ResidualNet(shape, 8, 0.9, act).double()
+        x = torch.randn(4, *shape, dtype=torch.float64)
+        v = torch.randn(3, 4, *shape, dtype=torch.float64)
+        weights = net.weights(update=False)
+        g1, vjp1 = net.linearize(x, weights, "analytic")
+        g2, vjp2 = net.linearize(x, weights, "autograd")
+        assert torch.allclose(g1, g2)
+        out1, out2 = vjp1(v), vjp2(v)
+        assert torch.allclose(out1, out2, atol=1e-12)
+        # and the gradients of a second-order quantity through both agree
+        params = [p for p in net.parameters() if p.requires_grad]
+        grads1 = torch.autograd.grad((out1 * v).sum(), params, allow_unused=True, retain_graph=True)
+        grads2 = torch.autograd.grad((out2 * v).sum(), params, allow_unused=True)
+        assert sum(g is not None for g in grads1) >= len(params) - 1  # only the last bias leaves J unchanged
+        for a, b in zip(grads1, grads2, strict=True):
+            assert (a is None and b is None) or (a is not None and b is not None and torch.allclose(a, b, atol=1e-10))
+
+
+# ------------------------------------------------------------------------------------------ estimators
+def _estimates(model: ResidualFlow, x: Tensor, rounds: int) -> Tensor:
+    with torch.no_grad():
+        return torch.stack([model(x)[1] for _ in range(rounds)])  # (rounds, B)
+
+
+def test_series_bias_shrinks_with_terms() -> None:
+    model = make(IResNetNative, (3,), depth=1, hidden=3, probes=2000, probe="rademacher", eval_seed=None)
+    near_identity(net_of(model))  # J_g ~ -0.73 I: the truncation bias is large for few terms
+    x = torch.randn(4, 3, dtype=torch.float64)
+    exact = model.exact_logdet(x)
+    biases, errors = [], []
+    for terms in (1, 2, 10):
+        model.configure_estimator(terms=terms)
+        est = _estimates(model, x, rounds=6)
+        diff = est.mean(dim=0) - exact
+        biases.append(diff.abs().mean().item())
+        errors.append((est.std(dim=0) / math.sqrt(est.shape[0])).mean().item())
+    assert biases[0] > biases[1] > biases[2]
+    assert biases[0] > 10 * errors[0]  # the one-term bias is far outside the noise
+    assert biases[2] < biases[0] / 5
+
+
+@pytest.mark.parametrize("tail", ["geometric", "poisson"])
+def test_roulette_is_unbiased(tail: str) -> None:
+    param = 0.5 if tail == "geometric" else 2.0
+    # Lip(g) <= 0.8^3 = 0.51 keeps the roulette's variance finite (sum_k Lip^(2k) / P(N >= k) converges)
+    model = make(ResFlowNative, (3,), depth=1, hidden=3, probes=8, eval_seed=None, tail=tail, tail_param=param,
+                 coeff=0.8)
+    near_identity(net_of(model))
+    x = torch.randn(6, 3, dtype=torch.float64)
+    exact = model.exact_logdet(x).mean()
+    est = _estimates(model, x, rounds=600).mean(dim=1)  # batch mean per draw
+    se = est.std() / math.sqrt(est.numel())
+    assert (est.mean() - exact).abs() < 3 * se
+    # the test has power: truncating after the n0 always-computed terms is detectably biased
+    model.configure_estimator(method="series", terms=2, probes=400)
+    trunc = _estimates(model, x, rounds=10).mean(dim=1)
+    assert (trunc.mean() - exact).abs() > 3 * se + 3 * trunc.std() / math.sqrt(trunc.numel())
+
+
+@pytest.mark.parametrize(("tail", "param"), [("geometric", 0.5), ("geometric", 0.2), ("poisson", 2.0)])
+def test_roulette_tail_survival_matches_draws(tail: str, param: float) -> None:
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor([sample_tail(tail, param, gen) for _ in range(20000)])
+    for j in range(0, 6):
+        empirical = (draws >= j).double().mean().item()
+        expected = tail_survival(tail, param, j)
+        assert abs(empirical - expected) < 4 * math.sqrt(expected * (1 - expected) / 20000) + 1e-12
+
+
+def test_eval_seed_makes_the_estimate_repeatable() -> None:
+    model = make(ResFlowNative, (3,))
+    x = torch.randn(4, 3, dtype=torch.float64)
+    (z1, l1), (z2, l2) = model(x), model(x)
+    assert torch.equal(z1, z2) and not torch.equal(l1, l2)  # z is deterministic, the default estimate is not
+    torch.manual_seed(11)
+    l3 = model(x)[1]
+    torch.manual_seed(11)
+    assert torch.equal(model(x)[1], l3)  # the global RNG drives it
+    model.configure_estimator(eval_seed=0)
+    assert torch.equal(model(x)[1], model(x)[1])
+    model.train()
+    assert not torch.equal(model(x)[1], model(x)[1])  # training draws fresh probes regardless
+
+
+def test_configure_estimator_validates_and_updates_config() -> None:
+    model = make(IResNetNative, (3,))
+    model.configure_estimator(terms=7, probe="rademacher")
+    assert model.estimator_settings()["terms"] == 7
+    rebuilt = IResNetNative(**model.config())
+    assert rebuilt.estimator_settings() == model.estimator_settings()
+    with pytest.raises(ValueError, match="unknown estimator setting"):
+        model.configure_estimator(nterms=3)
+    with pytest.raises(ValueError, match="unknown log-det method"):
+        model.configure_estimator(method="magic")
+
+
+# ------------------------------------------------------------------------------------------ gradients
+def test_neumann_gradient_equals_series_gradient_with_exact_traces() -> None:
+    """With probes whose Hutchinson mean is the exact trace, the Neumann gradient of the n-term series is the
+    gradient of the n-term series (by cyclicity of the trace), and both tend to the gradient of log|det|."""
+    torch.manual_seed(2)
+    d, batch = 3, 4
+    net = ResidualNet((d,), 8, 0.6, "lipswish").double()
+    saturate(net)
+    x = torch.randn(batch, d, dtype=torch.float64, requires_grad=True)
+    params = [p for p in net.parameters() if p is not net.layers[-1].bias] + [x]  # the last bias leaves J alone
+    v = exact_probes(d, batch, (d,))
+
+    def grads(fn: str, terms: int) -> Tensor:
+        _, vjp = net.linearize(x, net.weights(update=False))
+        est = power_series(vjp, v, [1.0] * terms) if fn == "series" else neumann_series(vjp, v, [1.0] * terms)
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(est.sum(), params)])
+
+    for terms in (3, 8):
+        g_series, g_neumann = grads("series", terms), grads("neumann", terms)
+        assert torch.allclose(g_series, g_neumann, atol=1e-10, rtol=1e-8)
+    _, vjp = net.linearize(x, net.weights(update=False))
+    with torch.no_grad():
+        assert torch.allclose(neumann_series(vjp, v, [1.0] * 8), power_series(vjp, v, [1.0] * 8))
+    # towards the exact log-det gradient as the terms grow
+    weights = net.weights(update=False)
+    jac = torch.stack([torch.autograd.functional.jacobian(lambda u: net.evaluate(u[None], weights)[0], xi,
+                                                          create_graph=True) for xi in x])
+    exact = torch.linalg.slogdet(torch.eye(d, dtype=torch.float64) + jac)[1]
+    g_exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(exact.sum(), params)])
+    err = [(grads("neumann", t) - g_exact).norm().item() for t in (2, 6, 30)]
+    assert err[0] > err[1] > err[2]
+    assert err[2] < 1e-6 * g_exact.norm().item()
+
+
+@pytest.mark.parametrize(("cls", "options"), [(IResNetNative, {}), (ResFlowNative, {}),
+                                              (IResNetNative, {"neumann_grad": True}),
+                                              (ResFlowNative, {"neumann_grad": False})])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gradients_reach_every_parameter(cls: type[ResidualFlow], options: dict[str, Any],
+                                         shape: tuple[int, ...]) -> None:
+    model = make(cls, shape, **options).train()
+    x = torch.randn(8, *shape, dtype=torch.float64)
+    model.log_prob(x).mean().backward()
+    head = {id(p) for p in model.head.parameters()}
+    for name, p in model.named_parameters():
+        if id(p) in head:
+            assert p.grad is None, name
+            continue
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    model.zero_grad()
+    model.logits(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
+
+
+def test_model_level_neumann_gradient_matches_exact_gradient_in_expectation() -> None:
+    """Model level, through ``forward``: Neumann-gradient ladj averaged over many probes vs the exact ladj."""
+    model = make(IResNetNative, (2,), depth=1, coeff=0.5, terms=25, probes=4000, probe="rademacher",
+                 neumann_grad=True)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    params = [p for n, p in model.named_parameters() if not n.startswith("head")]
+    g_est = torch.cat([g.reshape(-1) for g in torch.autograd.grad(model(x)[1].sum(), params, allow_unused=True)
+                       if g is not None])
+    g_exact = torch.cat([g.reshape(-1) for g in torch.autograd.grad(model.exact_logdet(x).sum(), params,
+                                                                     allow_unused=True) if g is not None])
+    assert (g_est - g_exact).norm() < 0.05 * g_exact.norm()
+
+
+# ------------------------------------------------------------------------------------------ spectral norm
+def test_linear_spectral_norm_at_most_c() -> None:
+    torch.manual_seed(3)
+    for (n_in, n_out) in [(2, 64), (64, 64), (64, 2)]:
+        layer = SpectralNormLinear(n_in, n_out, coeff=0.9).double()
+        saturate(layer, iterations=0)  # only the construction-time power iterations
+        layer.power_iterate(50)
+        norm = torch.linalg.matrix_norm(layer.normalized_weight(), 2).item()
+        assert 0.9 * (1 - 1e-3) <= norm <= 0.9 * (1 + 1e-3)
+    # a weight already below c is left alone
+    small = SpectralNormLinear(4, 4, coeff=0.9).double()
+    with torch.no_grad():
+        small.weight.mul_(0.05)
+    small.power_iterate(50)
+    assert torch.equal(small.normalized_weight(), small.weight)
+
+
+def _conv_operator(layer: SpectralNormConv2d, weight: Tensor) -> Tensor:
+    """The convolution (with its padding, at ``input_hw``) as an explicit (D_out, D_in) matrix."""
+    h, w = layer.input_hw
+    n = weight.shape[1] * h * w
+    basis = torch.eye(n, dtype=weight.dtype).reshape(n, weight.shape[1], h, w)
+    return F.conv2d(basis, weight, padding=layer.padding).reshape(n, -1).T
+
+
+def test_conv_spectral_norm_at_most_c_as_padded_operator() -> None:
+    torch.manual_seed(4)
+    for (c_in, c_out, k) in [(2, 3, 3), (4, 16, 3), (16, 16, 1), (16, 4, 3)]:
+        layer = SpectralNormConv2d(c_in, c_out, k, (4, 4), coeff=0.9).double()
+        saturate(layer)
+        weight = layer.normalized_weight()
+        norm = torch.linalg.matrix_norm(_conv_operator(layer, weight), 2).item()
+        assert 0.9 * (1 - 1e-3) <= norm <= 0.9 * (1 + 1e-3)
+    # the padded operator's norm is not the reshaped kernel's: normalising the latter would be wrong
+    kernel_norm = torch.linalg.matrix_norm(weight.reshape(weight.shape[0], -1), 2).item()
+    assert abs(kernel_norm - 0.9) > 0.05
+
+
+def test_spectral_norm_tracks_weights_during_training() -> None:
+    """One power-iteration step per training forward keeps the weights used in each step at c (up to 1 %)."""
+    torch.manual_seed(5)
+    model = IResNetNative((1, 4, 4), depth=2, hidden=8, coeff=0.9).double()
+    saturate(model, factor=3.0)
+    layers = [m for m in model.modules() if isinstance(m, SpectralNormConv2d)]
+    start = [layer.weight.detach().clone() for layer in layers]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(16, 1, 4, 4, dtype=torch.float64)
+    worst = 0.0
+    for _ in range(25):
+        opt.zero_grad()
+        (-model.log_prob(x).mean()).backward()  # this forward updated u, v for the current weights
+        for layer in layers:
+            operator = _conv_operator(layer, layer.normalized_weight(update=False))
+            worst = max(worst, torch.linalg.matrix_norm(operator, 2).item())
+        opt.step()
+    assert worst <= 0.9 * 1.01
+    moved = max(((layer.weight - w0).norm() / w0.norm()).item() for layer, w0 in zip(layers, start, strict=True))
+    assert moved > 0.01  # the weights did change under the power iteration
+
+
+def test_power_iteration_updates_only_in_training() -> None:
+    model = make(IResNetNative, (3,))
+    layer = next(m for m in model.modules() if isinstance(m, SpectralNormLinear))
+    with torch.no_grad():
+        layer.weight.add_(torch.randn_like(layer.weight))
+    u0 = layer.u.clone()
+    x = torch.randn(4, 3, dtype=torch.float64)
+    model(x)
+    assert torch.equal(layer.u, u0)
+    model.train()(x)
+    assert not torch.equal(layer.u, u0)
+
+
+# ------------------------------------------------------------------------------------------ inverse
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson"])
+def test_float64_round_trip(cls: type[ResidualFlow], shape: tuple[int, ...], solver: str) -> None:
+    model = make(cls, shape, solver=solver)
+    saturate(model)
+    x = torch.randn(6, *shape, dtype=torch.float64)
+    x_rec, info = model.invert(model(x)[0])
+    assert info.converged
+    assert len(info.per_block) == SMALL["depth"] and info.iterations == max(info.per_block)
+    assert len(info.history) == sum(info.per_block) and info.residual <= 1e-9
+    assert (x_rec - x).abs().max() <= cls.roundtrip_tol
+
+
+def test_inverse_with_c_above_one_reports_not_converged() -> None:
+    model = make(IResNetNative, (3,), coeff=3.0, max_iter=60)
+    saturate(model, factor=100.0)  # every layer at norm 3: g is far from contractive
+    x = torch.randn(6, 3, dtype=torch.float64)
+    z = model.transform(x)
+    _, info = model.invert(z)
+    assert not info.converged
+    assert max(info.per_block) == 60 or not math.isfinite(info.residual) or info.residual > 1e-6
+    model.configure_inverse(solver="anderson")
+    _, info = model.invert(z)
+    assert not info.converged
+
+
+def test_anderson_needs_fewer_iterations_than_fixed_point() -> None:
+    torch.manual_seed(6)
+    net = ResidualNet((4,), 4, 0.9, "elu").double()
+    near_identity(net)  # J_g ~ -0.73 I: plain iteration contracts by ~0.73 per step
+    block = ResidualBlock(net).eval()
+    x = 2 * torch.randn(32, 4, dtype=torch.float64)
+    y = block(x)[0]
+    x_plain, plain = block.inverse(y, "fixed_point", atol=1e-10, rtol=1e-10, max_iter=1000)
+    x_and, accel = block.inverse(y, "anderson", atol=1e-10, rtol=1e-10, max_iter=1000)
+    assert plain.converged and accel.converged
+    assert 2 * accel.iterations < plain.iterations
+    assert (x_plain - x).abs().max() < 1e-8 and (x_and - x).abs().max() < 1e-8
+
+
+def test_float32_default_tolerance_converges() -> None:
+    torch.manual_seed(7)
+    model = ResFlowNative((1, 4, 4), **SMALL)
+    saturate(model)
+    x = torch.randn(8, 1, 4, 4)
+    model.data_init(x)
+    model.eval()
+    x_rec, info = model.invert(model(x)[0])
+    assert info.converged and (x_rec - x).abs().max() < 1e-4
+
+
+# ------------------------------------------------------------------------------------------ pieces
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_logits_shape(cls: type[ResidualFlow], shape: tuple[int, ...]) -> None:
+    model = cls(shape, num_classes=7, **SMALL)
+    assert model.logits(torch.randn(5, *shape)).shape == (5, 7)
+    assert cls(shape, **SMALL).logits(torch.randn(2, *shape)).shape == (2, 10)
+
+
+def test_config_rebuilds_and_state_dict_round_trips() -> None:
+    model = make(ResFlowNative, (1, 4, 4), terms=3)
+    rebuilt = ResFlowNative(**model.config()).double()
+    rebuilt.load_state_dict(model.state_dict())
+    rebuilt.eval()
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    torch.manual_seed(0)
+    z1, l1 = model(x)
+    torch.manual_seed(0)
+    z2, l2 = rebuilt(x)
+    assert torch.equal(z1, z2) and torch.equal(l1, l2)
+    assert all(isinstance(n, ActNorm) and bool(n.initialized) for n in rebuilt.actnorms)
+
+
+def test_defaults_differ_as_the_papers_do() -> None:
+    ires, resflow = IResNetNative((2,)), ResFlowNative((2,))
+    assert ires.estimator_settings()["method"] == "series" and not ires.estimator_settings()["neumann_grad"]
+    assert resflow.estimator_settings()["method"] == "roulette" and resflow.estimator_settings()["neumann_grad"]
+    assert isinstance(net_of(ires).acts[0], ELU) and isinstance(net_of(resflow).acts[0], LipSwish)
+    assert ires.config()["coeff"] == 0.9 and resflow.config()["coeff"] == 0.98
+    with pytest.raises(TypeError, match="unknown hyper-parameter"):
+        IResNetNative((2,), width=3)
+
+
+def test_squeeze_is_a_permutation() -> None:
+    x = torch.randn(2, 3, 4, 6)
+    s = squeeze(x)
+    assert s.shape == (2, 12, 2, 3)
+    assert torch.equal(unsqueeze(s), x)
+    assert torch.equal(s.flatten().sort().values, x.flatten().sort().values)
+
+
+def test_lipswish_derivative_and_lipschitz_bound() -> None:
+    act = LipSwish(beta=3.0).double()
+    a = torch.linspace(-8, 8, 2001, dtype=torch.float64, requires_grad=True)
+    (auto,) = torch.autograd.grad(act(a).sum(), a)
+    assert torch.allclose(act.derivative(a), auto, atol=1e-12)
+    assert auto.abs().max() <= 1.0
+    elu = ELU()
+    (auto,) = torch.autograd.grad(elu(a).sum(), a)
+    assert torch.allclose(elu.derivative(a), auto, atol=1e-12)
+    for fn in (act, elu):  # the fused value/derivative agrees with the separate ones, and so do its gradients
+        value, deriv = fn.value_and_derivative(a)
+        assert torch.allclose(value, fn(a)) and torch.allclose(deriv, fn.derivative(a), atol=1e-12)
+        (g1,) = torch.autograd.grad(deriv.sum(), a)
+        (g2,) = torch.autograd.grad(fn.derivative(a).sum(), a)
+        assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_estimator_settings_reject_bad_values() -> None:
+    with pytest.raises(ValueError):
+        EstimatorSettings(probe="uniform")
+    with pytest.raises(ValueError):
+        EstimatorSettings(tail="geometric", tail_param=1.5)
