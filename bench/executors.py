@@ -104,6 +104,12 @@ def cpu_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_local_workers(device: str) -> int:
+    """Workers of the default ``local`` executor: one on a GPU (it shares the device), else one per core up
+    to 4, each single-threaded on a small machine; small models train faster side by side than on threads."""
+    return 1 if device.startswith("cuda") else max(1, min(4, cpu_cores()))
+
+
 def threads_per_worker(workers: int) -> int:
     """``cores // workers`` (at least 1), capped by ``OMP_NUM_THREADS`` when the user set it."""
     n = max(1, cpu_cores() // max(1, workers))
@@ -485,7 +491,7 @@ def make_executor(name: str, *, workers: int | None = None, device: str = "cpu",
     if name == "inprocess":
         return InProcessExecutor()
     if name == "local":
-        return WorkerPoolExecutor(workers or 1, log_dir=log_dir)
+        return WorkerPoolExecutor(workers or default_local_workers(device), log_dir=log_dir)
     if name == "pool":
         return PoolExecutor(workers, device=device, log_dir=log_dir)
     if name == "submitit":

@@ -202,6 +202,8 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[Cell
             for seed in suite.seeds:
                 group = []
                 for task in tasks:
+                    if entry.tasks is not None and task not in entry.tasks:
+                        continue
                     opts = suite.options_for(task)
                     chash = config_hash({"model": model, "hparams": hparams, "dataset": entry.name,
                                          "dataset_options": entry.options, "task": task, "task_options": opts,

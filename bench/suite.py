@@ -17,6 +17,7 @@ Format (every key optional except ``datasets``)::
     # n_train = 1000                    #   any key except `budget` and `models` is passed to the loader
     # budget = { steps = 800 }          #   per-data-set budget override
     # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [models])
+    # tasks = ["likelihood", "stability"]      # run only these of the suite's tasks on this data set
     tasks = ["likelihood", "stability"] # list; or a table name -> task options:
     # [tasks.stability]
     # regularizer = { eps = 0.01, weight = 1.0, every = 1 }
@@ -55,7 +56,7 @@ TOP_LEVEL: tuple[str, ...] = (
     "name", "description", "models", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
 )
 BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr")
-DATASET_RESERVED: tuple[str, ...] = ("budget", "models")
+DATASET_RESERVED: tuple[str, ...] = ("budget", "models", "tasks")
 #: keys of the [slurm] table (see bench.executors.SubmititExecutor)
 SLURM_FIELDS: tuple[str, ...] = (
     "cluster", "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -84,12 +85,14 @@ def import_target(target: str) -> Any:
 
 @dataclass
 class DatasetEntry:
-    """One data set of a suite: loader options, budget overrides and per-model hyper-parameter overrides."""
+    """One data set of a suite: loader options, budget overrides, per-model hyper-parameter overrides and the
+    subset of the suite's tasks to run on it (None: all)."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tasks: list[str] | None = None
 
 
 @dataclass
@@ -273,7 +276,10 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
             table = _expect(c, f"{p}.models", opts.pop("models"), (dict,), "a table model -> hyper-parameters")
             for m, hp in table.items():
                 per_model[m] = dict(_expect(c, f"{p}.models.{_key(m)}", hp, (dict,), "a table of hyper-parameters"))
-        datasets.append(DatasetEntry(d, opts, overrides, per_model))
+        only: list[str] | None = None
+        if "tasks" in opts:
+            only = list(_expect(c, f"{p}.tasks", opts.pop("tasks"), (list,), "a list of task names"))
+        datasets.append(DatasetEntry(d, opts, overrides, per_model, only))
     if not datasets:
         raise c.fail("datasets", "empty")
 
@@ -430,6 +436,10 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
         _check_task(c, f"tasks[{i}]", t, task_names_)
     for i, d in enumerate(suite.datasets):
         _check_dataset(c, f"datasets[{i}]", d.name, known.datasets)
+        for j, t in enumerate(d.tasks or []):
+            if t not in suite.tasks:
+                raise c.fail(f"datasets.{_key(d.name)}.tasks[{j}]",
+                             f"{t!r} is not one of the suite's tasks{_near(t, suite.tasks)}")
         for m, hp in d.models.items():
             _check_model(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, model_names)
             _check_hparams(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, hp)

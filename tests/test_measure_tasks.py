@@ -283,6 +283,18 @@ def test_stability_with_an_ood_dataset_and_the_fd_regulariser(calls: list[dict[s
     assert calls[1]["regularizer"] == FDRegularizer(eps=0.05, weight=2.0, every=3)
 
 
+def test_stability_regulariser_limited_to_named_models(calls: list[dict[str, Any]]) -> None:
+    reg = {"eps": 0.05, "weight": 2.0, "every": 3}
+    ctx = context(lambda **kw: LinearFlow((D,), **kw), regularizer=reg, regularizer_models=["other-model"],
+                  kinds=["test"])
+    ctx.model_name = "linear-template"
+    out = by_name(StabilityTask().run(ctx))
+    assert "lip_forward@test" in out and not any(name.endswith("+reg") for name in out)
+    assert [c["regularizer"] for c in calls] == [None]
+    ctx.options["regularizer_models"] = ["linear-template"]
+    assert "lip_forward@test+reg" in by_name(StabilityTask().run(ctx))
+
+
 def test_stability_measures_memory_saving_gradient_error(calls: list[dict[str, Any]]) -> None:
     out = by_name(StabilityTask().run(context(lambda **kw: GradScaledLinear((D,), **kw), kinds=["test"])))
     assert out["memgrad_rel_err@test"].value == pytest.approx(0.5, rel=1e-6)

@@ -143,7 +143,7 @@ def test_bundled_suites(tmp_path: Path) -> None:
     real = Known(models=names, tasks=task_names, datasets=lambda: DATASETS)
     quick = load_suite("quick", real)
     assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
-    assert {"gaussians8", "checkerboard", "moons", "spirals", "digits"} <= {d.name for d in quick.datasets}
+    assert {"gaussians8", "checkerboard", "moons", "spirals", "digits-flat"} <= {d.name for d in quick.datasets}
     assert quick.timeout is not None and quick.options_for("stability")["regularizer"]["eps"] > 0
     fashion = load_suite("fashion", real)
     assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
@@ -177,3 +177,27 @@ def test_command_line_restrictions(tmp_path: Path) -> None:
         with pytest.raises(SuiteError) as info:
             restrict(s, known=KNOWN, **kw)  # type: ignore[arg-type]
         assert str(info.value).startswith(message), str(info.value)
+
+
+def test_per_dataset_task_subset_limits_the_plan(tmp_path: Path) -> None:
+    from bench.runner import plan
+
+    s = load_text(tmp_path, f"""
+models = ["{LINEAR}"]
+tasks = ["likelihood", "classification", "inverse_cost"]
+[datasets.moons]
+tasks = ["likelihood", "inverse_cost"]
+[datasets.digits]
+""")
+    assert s.dataset("moons").tasks == ["likelihood", "inverse_cost"] and s.dataset("digits").tasks is None
+    groups = plan(s, run_id="r", out=tmp_path, device="cpu")
+    by_dataset = {g[0].dataset: [c.task for c in g] for g in groups}
+    assert by_dataset == {"moons": ["likelihood", "inverse_cost"],
+                          "digits": ["likelihood", "classification", "inverse_cost"]}
+    with pytest.raises(SuiteError, match=r"datasets\.moons\.tasks\[0\]: 'stabilty' is not one of the suite's tasks"):
+        load_text(tmp_path, f"""
+models = ["{LINEAR}"]
+tasks = ["likelihood", "stability"]
+[datasets.moons]
+tasks = ["stabilty"]
+""")

@@ -26,11 +26,12 @@ For each kind, metric names carry the kind after ``@`` (``lip_forward@noise``) a
 
 With option ``regularizer = {eps, weight, every}`` a second model is trained with the bi-directional
 finite-difference regulariser (``bench.regularizers.FDRegularizer``, Behrmann et al. 2021) and every metric
-is reported again with the suffix ``+reg`` (``lip_inverse@noise+reg``).
+is reported again with the suffix ``+reg`` (``lip_inverse@noise+reg``); ``regularizer_models`` (a list of
+model names) limits that second training to those models.
 
 Options: ``points`` (128, reconstructions), ``lip_points`` (32, Lipschitz estimates), ``grad_points`` (64),
 ``scale`` (2.0), ``ood_dataset``, ``explode_threshold`` (1.0), ``exact_max_dim`` (64), ``power_iters`` (100),
-``kinds`` (subset of the kinds above), ``regularizer``.
+``kinds`` (subset of the kinds above), ``regularizer``, ``regularizer_models``.
 """
 
 from __future__ import annotations
@@ -145,7 +146,8 @@ class StabilityTask(Task):
             inputs["ood"] = eval_inputs(ctx, int(opts.get("points", 128)), dataset=data, draw=1)
         out = self._measure(ctx, inputs, regularizer=None)
         reg_opts = opts.get("regularizer")
-        if reg_opts:
+        reg_models = opts.get("regularizer_models")
+        if reg_opts and (reg_models is None or ctx.model_name in reg_models):
             from bench.regularizers import FDRegularizer
 
             out += self._measure(ctx, inputs, regularizer=FDRegularizer(**dict(reg_opts)),
