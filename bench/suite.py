@@ -55,7 +55,8 @@ DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
     "name", "description", "models", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
 )
-BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr")
+BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr", "schedule")
+SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DATASET_RESERVED: tuple[str, ...] = ("budget", "models", "tasks")
 #: keys of the [slurm] table (see bench.executors.SubmititExecutor)
 SLURM_FIELDS: tuple[str, ...] = (
@@ -218,6 +219,11 @@ def _budget(c: _Ctx, path: str, table: Any) -> dict[str, Any]:
         p = f"{path}.{k}"
         if k not in BUDGET_FIELDS:
             raise c.fail(p, f"unknown budget field {k!r}{_near(k, BUDGET_FIELDS)} (fields: {', '.join(BUDGET_FIELDS)})")
+        if k == "schedule":
+            if v not in SCHEDULES:
+                raise c.fail(p, f"unknown schedule {v!r}{_near(str(v), SCHEDULES)} (known: {', '.join(SCHEDULES)})")
+            out[k] = v
+            continue
         if k in ("steps", "batch_size"):
             _expect(c, p, v, (int,), "a positive integer")
         else:

@@ -201,3 +201,10 @@ tasks = ["likelihood", "stability"]
 [datasets.moons]
 tasks = ["stabilty"]
 """)
+
+
+def test_budget_schedule_is_validated(tmp_path: Path) -> None:
+    s = load_text(tmp_path, f'models = ["{LINEAR}"]\ndatasets = ["moons"]\n[budget]\nschedule = "cosine"\n')
+    assert s.budget.schedule == "cosine"
+    with pytest.raises(SuiteError, match=r"budget\.schedule: unknown schedule 'cosin'; did you mean cosine\?"):
+        load_text(tmp_path, f'models = ["{LINEAR}"]\ndatasets = ["moons"]\n[budget]\nschedule = "cosin"\n')

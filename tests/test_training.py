@@ -367,3 +367,22 @@ def test_classifier_cross_entropy_loss_value() -> None:
         assert dataset.train_y is not None
         expected = float(nn.functional.cross_entropy(model.logits(dataset.train_x), dataset.train_y))
     assert result.history == pytest.approx([expected], abs=1e-5)
+
+
+def test_cosine_schedule_decays_the_learning_rate_over_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[float] = []
+
+    class RecordingAdam(torch.optim.Adam):
+        def step(self, closure: Any = None) -> Any:  # type: ignore[override]
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "Adam", RecordingAdam)
+    budget = Budget(steps=10, batch_size=32, lr=0.01, schedule="cosine")
+    train_likelihood(LinearFlow((2,)), vector_dataset(), budget, torch.device("cpu"), seed=0)
+    expected = [0.01 * 0.5 * (1 + math.cos(math.pi * k / 10)) for k in range(10)]
+    assert seen == pytest.approx(expected)
+    seen.clear()
+    train_likelihood(LinearFlow((2,)), vector_dataset(), Budget(steps=5, batch_size=32, lr=0.01),
+                     torch.device("cpu"), seed=0)
+    assert seen == [0.01] * 5

@@ -39,6 +39,9 @@ class Budget:
     seconds: float | None = None
     batch_size: int = 256
     lr: float = 1e-3
+    #: ``"constant"`` or ``"cosine"``: decay the learning rate to 0 over the budget (the larger of the step and
+    #: time fractions used), which helps most when the budget is short
+    schedule: str = "constant"
 
 
 @dataclass

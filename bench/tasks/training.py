@@ -1,8 +1,9 @@
 """Training loops shared by every task, and the checkpoint cache that lets tasks share one trained model.
 
 Both loops follow one recipe so that every model gets the same treatment under a suite's :class:`Budget`:
-Adam at ``budget.lr``; minibatches of ``budget.batch_size`` drawn without replacement (a fresh permutation per
-epoch) from ``dataset.train_x`` by a seeded ``torch.Generator``; discrete data dequantised afresh every step
+Adam at ``budget.lr`` (constant, or decayed to 0 on a cosine over the budget with ``schedule = "cosine"``);
+minibatches of ``budget.batch_size`` drawn without replacement (a fresh permutation per epoch) from
+``dataset.train_x`` by a seeded ``torch.Generator``; discrete data dequantised afresh every step
 (``dataset.dequantize``), then ``dataset.preprocess`` if set; ``model.data_init`` on the first batch before
 the first step and ``model.after_step`` after every optimiser step; gradient norm clipped to
 :data:`CLIP_NORM`; training stops at ``budget.steps`` or ``budget.seconds``, whichever comes first. A
@@ -178,6 +179,12 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
         opt.step()
         model.after_step()
         steps = step + 1
+        if budget.schedule == "cosine":
+            done = steps / budget.steps
+            if budget.seconds is not None:
+                done = max(done, (time.perf_counter() - start) / budget.seconds)
+            for group in opt.param_groups:
+                group["lr"] = budget.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
         window_sum, window_n = window_sum + value, window_n + 1
         if window_n == window:
             history.append(window_sum / window_n)
