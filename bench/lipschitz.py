@@ -25,8 +25,6 @@ block diagonal and one batched product serves every point at once.
 
 from __future__ import annotations
 
-import inspect
-import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -215,24 +213,14 @@ def power_sigma_min(fn: Map, x: Tensor, iters: int = 50, tol: float = 1e-7, cg_i
 
 # ----------------------------------------------------------------------------------------- model level
 def has_latent_map(model: InvertibleModel) -> bool:
-    """Whether the model's class defines a method ``transform(x) -> z`` (z without the log-det).
-
-    Only a function defined on the class counts: adapters may hold a library object in an attribute of that
-    name (the nflows adapters keep their ``CompositeTransform`` in ``self.transform``).
-    """
-    return isinstance(inspect.getattr_static(type(model), "transform", None), types.FunctionType)
+    """Whether the model overrides ``InvertibleModel.encode`` with its own ``x -> z`` map (z without the log-det)."""
+    return type(model).encode is not InvertibleModel.encode
 
 
 def latent_map(model: InvertibleModel) -> Map:
-    """``x -> z`` without the log-det: the model's ``transform`` method where its class defines one, else
-    ``model(x)[0]``. (B, *shape) -> (B, *shape)."""
-    if has_latent_map(model):
-        return cast(Map, model.transform)
-
-    def fwd(v: Tensor) -> Tensor:
-        return model(v)[0]
-
-    return fwd
+    """``x -> z`` without the log-det: ``model.encode`` (``model(x)[0]`` unless the model overrides it).
+    (B, *shape) -> (B, *shape)."""
+    return cast(Map, model.encode)
 
 
 def inverse_is_differentiable(model: InvertibleModel, z: Tensor) -> bool:

@@ -9,6 +9,8 @@ Rules (D = prod(shape), B = batch size):
     ``ladj = log|det dz/dx|`` of shape ``(B,)``, always a tensor (never a python float or numpy scalar),
     on ``x``'s device and dtype. For estimator models (``capabilities.logdet == "estimator"``) ``ladj``
     is an estimate; ``exact_logdet`` MUST then give the exact value (at small D).
+- ``encode(x) -> z``
+    MAY be overridden by a cheaper map without the log-det; MUST equal ``forward(x)[0]``.
 - ``inverse(z) -> x``
     MUST invert ``forward`` on ``(B, *shape)``. Iterative inverses MUST record what they did in
     ``self.last_inverse`` (an :class:`InverseInfo`: iterations, final residual, converged); analytic
@@ -171,6 +173,15 @@ class InvertibleModel(nn.Module, ABC):
     @abstractmethod
     def inverse(self, z: Tensor) -> Tensor:
         """Latent to data. ``z``: (B, *shape) -> ``x``: (B, *shape); sets ``self.last_inverse``."""
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``z`` alone. ``x``: (B, *shape) -> (B, *shape). Default: ``self(x)[0]``.
+
+        MAY be overridden by a cheaper map that skips the log-det (an i-ResNet evaluates each ``g`` once without
+        its estimator); it MUST equal ``forward(x)[0]``. Tasks use it as the forward-pass unit of inverse cost and
+        for Jacobians of ``f``.
+        """
+        return self(x)[0]
 
     def invert(self, z: Tensor) -> tuple[Tensor, InverseInfo]:
         """``inverse`` plus what it did. ``z``: (B, *shape) -> (``x``: (B, *shape), info)."""

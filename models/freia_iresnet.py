@@ -145,7 +145,7 @@ class IResNetFreia(InvertibleModel):
             ladj = ladj + as_ladj(jac, x)
         return h, ladj
 
-    def transform(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
         """``x``: (B, *shape) -> ``z``: (B, *shape) without the log-det (FrEIA's ``jac=False``): no
         ``autograd.grad`` inside, so it composes with JVP/VJP and costs one pass of ``g`` per block."""
         h = x

@@ -330,7 +330,7 @@ class ResidualFlow(InvertibleModel):
         assert ladj is not None
         return z, ladj
 
-    def transform(self, x: Tensor) -> Tensor:
+    def encode(self, x: Tensor) -> Tensor:
         """``z`` alone, without the log-det (one evaluation of each ``g``). ``x``: (B, *shape) -> (B, *shape)."""
         return self._transform(x, None, update=False, init="never")[0]
 

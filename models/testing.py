@@ -23,6 +23,7 @@ Checks (names are the keys of ``InvertibleModel.known_defects``):
 - ``eval_deterministic``: two ``eval()`` forward passes give identical ``z``.
 - ``dtype_float64``: after ``.to(torch.float64)`` the outputs are float64.
 - ``logits``: classifiers return (B, num_classes).
+- ``encode``: ``encode(x)`` (the latent without the log-det) equals ``forward(x)[0]``.
 - ``inputs_untouched``: ``forward`` leaves the caller's tensor as it was (values and ``requires_grad``).
 """
 
@@ -313,6 +314,17 @@ def check_logits(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) 
     return tuple(out.shape) == expected, f"logits {tuple(out.shape)} (expected {expected})"
 
 
+def check_encode(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
+    model = _build(cls, shape, seed, torch.float64).eval()
+    x = _inputs(shape, BATCH, seed, torch.float64)
+    with torch.no_grad():
+        z_encode = model.encode(x)
+    torch.manual_seed(seed)
+    z_forward = model(x)[0].detach()
+    err = float((z_encode.detach() - z_forward).abs().max())
+    return err <= 1e-10, f"max |encode(x) - forward(x)[0]| {_fmt(err)}"
+
+
 def check_inputs_untouched(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
     model = _build(cls, shape, seed, torch.float32).eval()
     x = _inputs(shape, BATCH, seed)
@@ -336,6 +348,7 @@ CHECKS: dict[str, Callable[[type[InvertibleModel], tuple[int, ...], int], tuple[
     "eval_deterministic": check_eval_deterministic,
     "dtype_float64": check_dtype_float64,
     "logits": check_logits,
+    "encode": check_encode,
     "inputs_untouched": check_inputs_untouched,
 }
 

@@ -394,7 +394,7 @@ def test_iresnet_reverse_log_det_is_taken_at_the_output_not_the_input() -> None:
 def test_iresnet_works_under_no_grad_and_flips_the_callers_requires_grad() -> None:
     model = _iresnet((4,), actnorm=True)
     x = _x((4,))
-    z_only = model.transform(x)  # the latent without the estimator leaves x alone ...
+    z_only = model.encode(x)  # the latent without the estimator leaves x alone ...
     assert not x.requires_grad
     with torch.no_grad():
         z, ladj = model(x)

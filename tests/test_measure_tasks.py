@@ -52,15 +52,15 @@ class SeriesResidual(InvertibleModel):
         self.weight = nn.Parameter(c * w / torch.linalg.matrix_norm(w, 2))
         self.bias = nn.Parameter(0.2 * torch.randn(self.dim, generator=g))
         self.terms, self.probes = terms, probes
-        self.transform_calls = 0
+        self.encode_calls = 0
 
     def jacobian_g(self, x: Tensor) -> Tensor:
         """``J_g(x)``: (B, D) -> (B, D, D)."""
         t = torch.tanh(x @ self.weight.T + self.bias)
         return (1 - t**2).unsqueeze(-1) * self.weight
 
-    def transform(self, x: Tensor) -> Tensor:
-        self.transform_calls += 1
+    def encode(self, x: Tensor) -> Tensor:
+        self.encode_calls += 1
         return x + torch.tanh(x @ self.weight.T + self.bias)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,7 +216,7 @@ def test_inverse_cost_curve_for_an_iterative_inverse(calls: list[dict[str, Any]]
     task_ctx = context(lambda **kw: SeriesResidual((D,), **kw), curve_rounds=1)
     out = by_name(InverseCostTask().run(task_ctx))
     assert out["inverse_iters"].value is not None and out["inverse_iters"].value > 3
-    assert out["inverse_fwd_units"].extra["forward_unit"] == "transform"
+    assert out["inverse_fwd_units"].extra["forward_unit"] == "encode"
     assert out["inverse_fwd_units"].extra["grad_mode"] == "no_grad"
     assert out["inverse_fwd_units"].extra["full_forward_grad_mode"] == "grad"
     curve = out["recon_err"].extra

@@ -8,11 +8,11 @@ the model as trained. For iterative inverses (Behrmann et al., "Invertible Resid
 fixed-point iteration ``x_{k+1} = y - g(x_k)`` with error ``<= c^k``) the curve of reconstruction error
 and cost against iteration caps 1, 2, 4, ... is stored in ``extra`` of ``recon_err``.
 
-The forward unit: one evaluation of ``x -> z`` without the log-det (``model.transform`` where the model
-has one, else ``forward``), so that "forward passes" means evaluating the network, as in the papers'
+The forward unit: one evaluation of ``x -> z`` without the log-det (``model.encode`` where the model
+overrides it, else ``forward``), so that "forward passes" means evaluating the network, as in the papers'
 "the inverse costs 5-20 forward passes", not the network plus its log-det series. Both directions run
 under ``torch.no_grad()`` unless the forward computes a log-det estimate (autograd), then both with grad
-enabled (option ``grad``: ``"auto"``, ``"no_grad"``, ``"grad"``). Where the unit is ``transform``,
+enabled (option ``grad``: ``"auto"``, ``"no_grad"``, ``"grad"``). Where the unit is ``encode``,
 ``extra["fwd_units_full_forward"]`` also gives the ratio against the full ``forward`` (z and log-det).
 
 Options: ``batch`` (128), ``rounds`` (11), ``warmup`` (2), ``max_seconds`` (10, per ratio; at least 3
@@ -79,7 +79,7 @@ def resolve_grad_mode(model: InvertibleModel, option: str = "auto", full_forward
     """``"grad"`` or ``"no_grad"`` for timing a model's forward (``full_forward``) or latent map and its inverse.
 
     ``auto`` is ``grad`` only where the forward computes a log-det estimate (it uses autograd): an estimator
-    model's full forward, or its latent map when it has no ``transform``.
+    model's full forward, or its latent map when it does not override ``encode``.
     """
     if option not in ("auto", "grad", "no_grad"):
         raise ValueError(f"option grad must be auto, grad or no_grad, got {option!r}")
@@ -202,9 +202,9 @@ class InverseCostTask(Task):
         stats = time_ratio(inverse, forward, **timing)
         common: dict[str, Any] = {"batch": int(x.shape[0]), "dtype": str(x.dtype).replace("torch.", ""),
                                   "grad_mode": mode, "inverse": caps.inverse, "converged": info.converged,
-                                  "forward_unit": "transform" if has_latent_map(model) else "forward"}
+                                  "forward_unit": "encode" if has_latent_map(model) else "forward"}
         units_extra = {**common, **stats.as_extra()}
-        if common["forward_unit"] == "transform" and bool(opts.get("full_forward_ratio", True)):
+        if common["forward_unit"] == "encode" and bool(opts.get("full_forward_ratio", True)):
             full_mode = resolve_grad_mode(model, grad_opt, full_forward=True)
 
             def full_forward() -> None:

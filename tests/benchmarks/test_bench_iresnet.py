@@ -158,12 +158,12 @@ def test_inverse_cost_in_forward_units(benchmark: Any) -> None:
     gen = torch.Generator().manual_seed(1)
     x = _ring(256, gen)
     with torch.no_grad():
-        z = model.transform(x)
+        z = model.encode(x)
     assert torch.allclose(freia(x), z, atol=1e-5), "the FrEIA stack must compute the same map"
 
     def forward() -> Tensor:
         with torch.no_grad():
-            return model.transform(x)
+            return model.encode(x)
 
     results: dict[str, dict[str, Any]] = {}
     for solver in ("fixed_point", "anderson"):
