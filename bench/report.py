@@ -83,13 +83,22 @@ def _status_summary(store: Store) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in order) or "none"
 
 
+def _run_command_lines(store: Store) -> list[str]:
+    """The command that produced the results, from the run record (absent for hand-made stores)."""
+    argv = store.record.get("command")
+    if not isinstance(argv, list) or not argv:
+        return []
+    return ["Results from:", "", "```", " ".join(shlex.quote(str(a)) for a in argv), "```", ""]
+
+
 def render_readme(store: Store, command: str, tables: Sequence[Table], references: Sequence[dict[str, str]],
                   plots: Sequence[Plot], skipped: Sequence[Skipped]) -> str:
     """The report's README.md."""
     lines = [
         f"# invbench report: {store.name}",
         "",
-        "Regenerate with:",
+        *_run_command_lines(store),
+        "Regenerate this report with:",
         "",
         "```",
         command,

@@ -257,3 +257,19 @@ def test_default_report_folder_and_missing_store(tmp_path: Path, monkeypatch: py
     assert (tmp_path / "reports" / "quick-1" / "index.html").is_file()
     assert main(["report", "runs/nothing-here"]) == 2
     assert "no results store" in capsys.readouterr().err
+
+
+def test_readme_names_the_run_command_from_the_run_record(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from bench.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    record = json.loads((run / "run.json").read_text())
+    record["command"] = ["invbench", "run", "--suite", "quick", "--out", "runs/q"]
+    (run / "run.json").write_text(json.dumps(record))
+    text = (write_report(run, tmp_path / "report") / "README.md").read_text()
+    assert "Results from:\n\n```\ninvbench run --suite quick --out runs/q\n```" in text
+    assert "Regenerate this report with:" in text
