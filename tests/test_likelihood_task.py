@@ -308,3 +308,17 @@ def test_eval_draws_average_fixed_dequantisations() -> None:
                                                   eval_draws=3)))["test_nll"]
     assert one.value == again.value and one.extra["dequant_draws"] == 1
     assert three.value != one.value and three.extra["dequant_draws"] == 3
+
+
+def test_flattened_images_get_image_samples(tmp_path: Path) -> None:
+    images = discrete_image_dataset(n=200)
+    flat = Dataset(name="tinyflat", kind="vector", train_x=images.train_x.reshape(200, 4),
+                   test_x=images.test_x.reshape(200, 4), levels=images.levels, meta={"image_shape": [1, 2, 2]})
+    metrics = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((4,)), flat,
+                                                    Budget(steps=5, batch_size=64), tmp=tmp_path)))
+    samples = np.load(tmp_path / metrics["test_nll"].extra["artifact"])["x"]
+    assert samples.shape == (64, 1, 2, 2)
+    flat.meta = {}
+    metrics = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((4,)), flat,
+                                                    Budget(steps=5, batch_size=64), tmp=tmp_path / "b")))
+    assert "artifact" not in metrics["test_nll"].extra

@@ -33,6 +33,8 @@ class Dataset:
         preprocess: optional ``x -> (y, log|det dy/dx|)`` applied before the model; its log-det is added
             to the model's log-likelihood (``bench.units``).
         description: the documented pre-processing, one paragraph.
+        meta: free-form facts about the data; ``meta["image_shape"]`` marks vectors that are flattened images
+            (so samples can be shown as images).
     """
 
     name: str

@@ -51,4 +51,5 @@ def load_digits(flat: bool = False, n_train: int | None = None, n_test: int | No
             f"x = (k + u)/17, u ~ U[0, 1); stratified split {len(tr)}/{len(te)} with fixed seed {SPLIT_SEED}.")
     return from_arrays(name, x[tr], x[te], labels[tr], labels[te], levels=LEVELS, num_classes=10,
                        description=desc, meta={"source": "sklearn.datasets.load_digits",
-                                               "train_index": tr.tolist(), "test_index": te.tolist()})
+                                               "train_index": tr.tolist(), "test_index": te.tolist(),
+                                               **({"image_shape": [1, 8, 8]} if flat else {})})

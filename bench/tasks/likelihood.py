@@ -184,12 +184,14 @@ def density_grid(model: InvertibleModel, dataset: Dataset, device: torch.device,
 
 
 def _artifact(ctx: TaskContext, model: InvertibleModel, plan: dict[str, Any]) -> dict[str, Any]:
-    """Save the density grid (2-D vector data) or 64 samples (images); returns entries for ``Metric.extra``."""
+    """Save the density grid (2-D vector data) or 64 samples (images, or vectors whose data set's
+    ``meta["image_shape"]`` says they are flattened images); returns entries for ``Metric.extra``."""
     dataset = ctx.dataset
     if dataset.kind == "vector" and dataset.dim == 2:
         path = save_artifact(ctx, "density_grid", **density_grid(model, dataset, ctx.device, plan))
         return {"artifact": path} if path else {}
-    if dataset.kind != "image" or ctx.artifact_dir is None:
+    image_shape = dataset.meta.get("image_shape") if dataset.kind == "vector" else dataset.shape
+    if image_shape is None or ctx.artifact_dir is None:
         return {}
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     try:
@@ -197,7 +199,7 @@ def _artifact(ctx: TaskContext, model: InvertibleModel, plan: dict[str, Any]) ->
             samples = model.sample(NUM_SAMPLES, generator=gen).detach().cpu()
     except Exception as exc:  # sampling is a by-product: its failure must not void the NLL
         return {"artifact_error": f"sampling failed: {type(exc).__name__}: {exc}"}
-    path = save_artifact(ctx, "samples", x=samples.numpy())
+    path = save_artifact(ctx, "samples", x=samples.reshape(NUM_SAMPLES, *image_shape).numpy())
     space = "model (after pre-processing)" if dataset.preprocess is not None else "data"
     return {"artifact": path, "samples_space": space,
             "samples_finite_fraction": float(torch.isfinite(samples).reshape(NUM_SAMPLES, -1).all(1).float().mean())}
