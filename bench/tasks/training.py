@@ -243,7 +243,8 @@ def train_metrics(result: TrainResult) -> list[Metric]:
     """``train_time`` (s) and ``train_steps``, with the loss curve and the stop reason in ``extra``."""
     extra = {"final_loss": result.final_loss, "diverged": result.diverged, "history": result.history,
              "reason": result.reason}
-    return [Metric("train_time", result.seconds, "s", False, extra=extra),
+    # no direction: under a time budget every model uses the same seconds; steps done show the speed
+    return [Metric("train_time", result.seconds, "s", None, extra=extra),
             Metric("train_steps", float(result.steps), "steps", None)]
 
 
