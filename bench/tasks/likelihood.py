@@ -190,9 +190,10 @@ def _artifact(ctx: TaskContext, model: InvertibleModel, plan: dict[str, Any]) ->
     if dataset.kind == "vector" and dataset.dim == 2:
         path = save_artifact(ctx, "density_grid", **density_grid(model, dataset, ctx.device, plan))
         return {"artifact": path} if path else {}
-    image_shape = dataset.meta.get("image_shape") if dataset.kind == "vector" else dataset.shape
-    if image_shape is None or ctx.artifact_dir is None:
+    flat_image = dataset.meta.get("image_shape") if dataset.kind == "vector" else None
+    if (dataset.kind != "image" and flat_image is None) or ctx.artifact_dir is None:
         return {}
+    image_shape = tuple(int(s) for s in flat_image) if isinstance(flat_image, list | tuple) else dataset.shape
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.seed)
     try:
         with torch.no_grad():
