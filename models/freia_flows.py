@@ -21,7 +21,7 @@ the end, so ``z`` comes back in x's shape. H and W must be even.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import FrEIA.framework as Ff
@@ -80,6 +80,20 @@ def fix_degenerate_scale_(log_scale: Tensor, shift: Tensor, h: Tensor) -> int:
     s[bad] = 0.0
     b[bad] = -flat.mean(dim=1)[bad].to(b.dtype)
     return int(bad.sum())
+
+
+def init_actnorms(inn: Ff.SequenceINN, x: Tensor,
+                  per_block: Callable[[nn.Module, Tensor], None] | None = None) -> None:
+    """Walk ``x``: (B, *shape) through ``inn``'s blocks without gradients, initialising every ``ActNorm`` on its own
+    input (then calling ``per_block(block, h)`` on each block's input, if given)."""
+    h = x
+    with torch.no_grad():
+        for m in inn.module_list:
+            if isinstance(m, Fm.ActNorm):
+                init_freia_actnorm(m, h)
+            if per_block is not None:
+                per_block(m, h)
+            h = m([h], jac=False)[0][0]
 
 
 def init_freia_actnorm(act: Fm.ActNorm, h: Tensor) -> None:
@@ -142,13 +156,7 @@ class _FreiaFlow(InvertibleModel):
 
     def data_init(self, x: Tensor) -> None:
         """Walk the blocks on ``x``: (B, *shape) (B >= 2) and initialise every ``ActNorm`` on its own input."""
-        h = x
-        with torch.no_grad():
-            for m in self.inn.module_list:
-                if isinstance(m, Fm.ActNorm):
-                    init_freia_actnorm(m, h)
-                self._init_block(m, h)
-                h = m((h,), jac=False)[0][0]
+        init_actnorms(self.inn, x, self._init_block)
 
     def _init_block(self, module: nn.Module, h: Tensor) -> None:
         """Hook for subclasses: data-dependent init of other blocks (``h`` is the block's input)."""

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from models.base import Capabilities, InverseInfo, InvertibleModel
-from models.freia_flows import as_ladj, init_freia_actnorm, numpy_seeded_from_torch
+from models.freia_flows import as_ladj, init_actnorms, numpy_seeded_from_torch
 
 
 @contextlib.contextmanager
@@ -196,12 +196,7 @@ class IResNetFreia(InvertibleModel):
 
     def data_init(self, x: Tensor) -> None:
         """Initialise every ``ActNorm`` (if ``actnorm``) on its own input, walking ``x``: (B, *shape)."""
-        h = x
-        with torch.no_grad():
-            for m in self.inn.module_list:
-                if isinstance(m, Fm.ActNorm):
-                    init_freia_actnorm(m, h)
-                h = m([h], jac=False)[0][0]
+        init_actnorms(self.inn, x)
 
     # ------------------------------------------------------------------------------------------- estimator
     def estimator_settings(self) -> dict[str, Any]:
