@@ -94,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("a", help="baseline run directory or results.jsonl")
     sp.add_argument("b", help="candidate run directory or results.jsonl")
     sp.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
+    sp.add_argument("--noise", type=float, default=0.0,
+                    help="also require the change to exceed this many standard errors of the seed means (0: off)")
     sp.set_defaults(func=_cmd_compare)
     return p
 

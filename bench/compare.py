@@ -6,7 +6,9 @@ verdict by the metric's direction (``higher_is_better``; None: not judged; metri
 
 A key regresses when
 
-- its change is worse than ``threshold`` (relative: 0.05 = 5 %) in the metric's direction, or
+- its change is worse than ``threshold`` (relative: 0.05 = 5 %) in the metric's direction and, with
+  ``noise = k > 0``, also larger than k standard errors of the difference of the two seed means (only where both
+  stores have at least two ok seeds; a change within seed noise is then "worse (within noise)"), or
 - B has a smaller share of ok rows than A (a status change such as ok -> error or ok -> diverged), or
 - A's mean is finite and B's is not (nan, or inf where A had a finite value).
 
@@ -37,7 +39,16 @@ class Change:
     regression: bool
 
 
-def _judge(metric: str, a: Cell, b: Cell, threshold: float) -> tuple[float | None, str, bool]:
+def _within_noise(a: Cell, b: Cell, noise: float) -> bool:
+    """Whether ``|mean_B - mean_A|`` is at most ``noise`` standard errors of the difference of the seed means."""
+    if noise <= 0 or a.std is None or b.std is None or a.mean is None or b.mean is None:
+        return False
+    se = math.sqrt(a.std**2 / a.n_ok + b.std**2 / b.n_ok)
+    return math.isfinite(se) and abs(b.mean - a.mean) <= noise * se
+
+
+def _judge(metric: str, a: Cell, b: Cell, threshold: float, noise: float = 0.0
+           ) -> tuple[float | None, str, bool]:
     """``(relative change, verdict, regression)`` of two cells of one key."""
     frac_a, frac_b = a.n_ok / a.n_total, b.n_ok / b.n_total
     if frac_b < frac_a:
@@ -69,16 +80,21 @@ def _judge(metric: str, a: Cell, b: Cell, threshold: float) -> tuple[float | Non
     else:
         gain = rel if a.higher_is_better else -rel
     if gain < -threshold:
+        if _within_noise(a, b, noise):
+            return rel, "worse (within noise)", False
         return rel, "worse", True
     if gain < 0:
         return rel, "worse (within threshold)", False
     return rel, ("better" if gain > 0 else "same"), False
 
 
-def compare_rows(a_rows: Sequence[Row], b_rows: Sequence[Row], threshold: float) -> list[Change]:
+def compare_rows(a_rows: Sequence[Row], b_rows: Sequence[Row], threshold: float, noise: float = 0.0
+                 ) -> list[Change]:
     """Every key of A then the keys only in B, each with its verdict."""
     if threshold < 0:
         raise ValueError(f"threshold must be >= 0, got {threshold}")
+    if noise < 0:
+        raise ValueError(f"noise must be >= 0, got {noise}")
     cells_a, cells_b = aggregate(a_rows), aggregate(b_rows)
     changes = []
     for key in [*cells_a, *(k for k in cells_b if k not in cells_a)]:
@@ -88,7 +104,7 @@ def compare_rows(a_rows: Sequence[Row], b_rows: Sequence[Row], threshold: float)
         elif b is None:
             changes.append(Change(key, a, b, None, "missing in B", False))
         else:
-            rel, verdict, regression = _judge(key[3], a, b, threshold)
+            rel, verdict, regression = _judge(key[3], a, b, threshold, noise)
             changes.append(Change(key, a, b, rel, verdict, regression))
     return changes
 
@@ -109,8 +125,10 @@ def format_changes(changes: Sequence[Change]) -> str:
 def cli_compare(args: argparse.Namespace) -> int:
     """``invbench compare``: print the table; exit 1 when anything regressed beyond ``args.threshold``."""
     a, b = load_store(args.a), load_store(args.b)
-    changes = compare_rows(a.rows, b.rows, float(args.threshold))
-    print(f"A: {a.results_path}\nB: {b.results_path}\nthreshold: {float(args.threshold):.1%} (relative)\n")
+    noise = float(getattr(args, "noise", 0.0) or 0.0)
+    changes = compare_rows(a.rows, b.rows, float(args.threshold), noise)
+    noise_text = f", noise: {noise:g} standard errors" if noise else ""
+    print(f"A: {a.results_path}\nB: {b.results_path}\nthreshold: {float(args.threshold):.1%} (relative){noise_text}\n")
     print(format_changes(changes), end="")
     regressions = [c for c in changes if c.regression]
     print(f"\n{len(regressions)} regression(s) among {len(changes)} keys")

@@ -115,3 +115,20 @@ def test_zero_baseline_and_bad_threshold() -> None:
     assert change.rel == math.inf and change.regression
     with pytest.raises(ValueError, match="threshold"):
         compare_rows(zero, worse, -1.0)
+
+
+def test_noise_option_spares_changes_within_seed_noise(tmp_path: Path) -> None:
+    # baseline test_nll 1.0, 1.2 (mean 1.1, std 0.141); B: 1.15, 1.35 (mean 1.25, +13.6 %, std 0.141)
+    # standard error of the difference: sqrt(0.02/2 + 0.02/2) = 0.141, so the change is 1.06 s.e.
+    b = rows(test_nll=([1.15, 1.35], ["ok", "ok"]))
+    plain = {c.key[3]: c for c in compare_rows(rows(), b, 0.05)}
+    assert plain["test_nll"].verdict == "worse" and plain["test_nll"].regression
+    spared = {c.key[3]: c for c in compare_rows(rows(), b, 0.05, noise=2.0)}
+    assert spared["test_nll"].verdict == "worse (within noise)" and not spared["test_nll"].regression
+    strict = {c.key[3]: c for c in compare_rows(rows(), b, 0.05, noise=1.0)}
+    assert strict["test_nll"].regression
+    a_path, b_path = store(tmp_path / "a", rows()), store(tmp_path / "b", b)
+    assert main(["compare", a_path, b_path, "--threshold", "0.05"]) == 1
+    assert main(["compare", a_path, b_path, "--threshold", "0.05", "--noise", "2"]) == 0
+    with pytest.raises(ValueError, match="noise"):
+        compare_rows(rows(), b, 0.05, noise=-1)
