@@ -322,3 +322,27 @@ def test_flattened_images_get_image_samples(tmp_path: Path) -> None:
     metrics = by_name(LikelihoodTask().run(make_ctx(lambda: LinearFlow((4,)), flat,
                                                     Budget(steps=5, batch_size=64), tmp=tmp_path / "b")))
     assert "artifact" not in metrics["test_nll"].extra
+
+
+def test_estimator_scoring_records_no_graph_to_the_weights_and_chunks_by_dimension() -> None:
+    from bench.tasks import likelihood
+
+    seen: list[tuple[int, bool]] = []
+
+    class Spy(ResidualToy):
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            seen.append((x.shape[0], any(p.requires_grad for p in self.parameters())))
+            return super().forward(x)
+
+    model = Spy((4,)).eval()
+    dataset = Dataset(name="g", kind="vector", train_x=torch.randn(8, 4), test_x=torch.randn(40, 4))
+    plan = {"logdet_eval": "estimator", "logdet_source": "model"}
+    old = likelihood.ESTIMATOR_ROWS
+    likelihood.ESTIMATOR_ROWS = 64  # 64 rows / D=4 -> chunks of 16 examples
+    try:
+        logp = likelihood.log_likelihood(model, dataset, dataset.test_x, torch.device("cpu"), plan)
+    finally:
+        likelihood.ESTIMATOR_ROWS = old
+    assert logp.shape == (40,) and bool(torch.isfinite(logp).all())
+    assert [n for n, _ in seen] == [16, 16, 8] and not any(grad for _, grad in seen)
+    assert all(p.requires_grad for p in model.parameters())  # restored afterwards

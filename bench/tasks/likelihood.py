@@ -43,6 +43,8 @@ from models.base import Capabilities, InvertibleModel, standard_normal_log_prob
 EXACT_MAX_DIM = 64
 #: Rows (examples x D) per batched Jacobian pass.
 JACOBIAN_ROWS = 4096
+#: examples x dimensions per chunk when scoring with an estimator (its probes and terms multiply the memory)
+ESTIMATOR_ROWS = 65536
 #: Lower bounds applied to estimator settings whose names contain these words, for evaluation.
 HIGH_PRECISION = {"term": 20, "probe": 8}
 GRID_SIZE = 128
@@ -137,18 +139,38 @@ def log_likelihood(model: InvertibleModel, dataset: Dataset, x: Tensor, device: 
     Returns (N,) on the CPU."""
     dtype = model_dtype(model)
     exact_autograd = plan["logdet_source"] == "autograd-jacobian"
-    chunk = max(1, JACOBIAN_ROWS // dataset.dim) if exact_autograd else batch_size
+    if exact_autograd:
+        chunk = max(1, JACOBIAN_ROWS // dataset.dim)
+    elif model.capabilities.logdet == "estimator":
+        chunk = max(1, min(batch_size, ESTIMATOR_ROWS // dataset.dim))
+    else:
+        chunk = batch_size
     out = []
-    for start in range(0, x.shape[0], chunk):
-        y, ldj = preprocess_batch(dataset, x[start:start + chunk], device, dtype)
-        if exact_autograd:
-            z, ladj = exact_forward(model, y)
-            logp = standard_normal_log_prob(z) + ladj
-        else:
-            with evaluation_grad_mode(model):
-                logp = model.log_prob(y)
-        out.append((logp.detach() + ldj).cpu())
+    with frozen_parameters(model):
+        for start in range(0, x.shape[0], chunk):
+            y, ldj = preprocess_batch(dataset, x[start:start + chunk], device, dtype)
+            if exact_autograd:
+                z, ladj = exact_forward(model, y)
+                logp = standard_normal_log_prob(z) + ladj
+            else:
+                with evaluation_grad_mode(model):
+                    logp = model.log_prob(y)
+            out.append((logp.detach() + ldj).cpu())
     return torch.cat(out)
+
+
+@contextlib.contextmanager
+def frozen_parameters(model: InvertibleModel) -> Iterator[None]:
+    """Parameters with ``requires_grad=False`` inside the block (restored after), so scoring an estimator model
+    with autograd enabled records no graph back to the weights: its memory stays that of one chunk."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 def test_nll_per_example(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int,
