@@ -362,16 +362,21 @@ def _check_target(c: _Ctx, path: str, target: str, kind: str, check: Callable[[A
         raise c.fail(path, f"{target!r} is not {want}")
 
 
-def _check_model(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
+def _check_named(c: _Ctx, path: str, name: str, known: Sequence[str], kind: str, base: type) -> None:
+    """A registered ``kind`` name, or a ``module:Class`` target that is a subclass of ``base``."""
     if name in known:
         return
     if is_target(name):
-        from models.base import InvertibleModel
-
-        _check_target(c, path, name, "model", lambda o: isinstance(o, type) and issubclass(o, InvertibleModel),
-                      "a subclass of models.base.InvertibleModel")
+        _check_target(c, path, name, kind, lambda o: isinstance(o, type) and issubclass(o, base),
+                      f"a subclass of {base.__module__}.{base.__qualname__}")
         return
-    raise c.fail(path, f"unknown model {name!r}{_near(name, known)}")
+    raise c.fail(path, f"unknown {kind} {name!r}{_near(name, known)}")
+
+
+def _check_model(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
+    from models.base import InvertibleModel
+
+    _check_named(c, path, name, known, "model", InvertibleModel)
 
 
 def _check_hparams(c: _Ctx, path: str, model: str, hparams: dict[str, Any]) -> None:
@@ -397,15 +402,9 @@ def _check_hparams(c: _Ctx, path: str, model: str, hparams: dict[str, Any]) -> N
 
 
 def _check_task(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
-    if name in known:
-        return
-    if is_target(name):
-        from bench.tasks.base import Task
+    from bench.tasks.base import Task
 
-        _check_target(c, path, name, "task", lambda o: isinstance(o, type) and issubclass(o, Task),
-                      "a subclass of bench.tasks.base.Task")
-        return
-    raise c.fail(path, f"unknown task {name!r}{_near(name, known)}")
+    _check_named(c, path, name, known, "task", Task)
 
 
 def _check_dataset(c: _Ctx, path: str, name: str, known: Callable[[], Sequence[str]]) -> None:

@@ -105,9 +105,9 @@ class Task(ABC):
     metrics: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    @abstractmethod
     def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
-        """Whether a model with ``caps`` can do this task on ``dataset``."""
+        """Whether a model with ``caps`` can do this task on ``dataset``. Default: every model."""
+        return True
 
     @abstractmethod
     def run(self, ctx: TaskContext) -> list[Metric]:

@@ -28,7 +28,6 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from bench.datasets.base import Dataset
 from bench.tasks.base import Metric, Task, TaskContext
 from bench.tasks.inverse_cost import (
     eval_inputs,
@@ -39,7 +38,7 @@ from bench.tasks.inverse_cost import (
     resolve_grad_mode,
 )
 from bench.timing import throughput
-from models.base import Capabilities, InvertibleModel
+from models.base import InvertibleModel
 
 _SPECS: list[tuple[str, str, bool | None]] = [
     ("forward_throughput", "examples/s", True),
@@ -93,10 +92,6 @@ class CostTask(Task):
     name: ClassVar[str] = "cost"
     requires_text: ClassVar[str] = "nothing beyond the contract (every model)"
     metrics: ClassVar[tuple[str, ...]] = tuple(s[0] for s in _SPECS)
-
-    @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
-        return True
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         opts = ctx.options

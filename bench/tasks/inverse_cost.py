@@ -38,7 +38,7 @@ from bench.datasets.base import Dataset
 from bench.lipschitz import has_latent_map, latent_map
 from bench.tasks.base import Metric, Task, TaskContext
 from bench.timing import time_ratio
-from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.base import InverseInfo, InvertibleModel
 
 # ------------------------------------------------------------------------------ shared by the measurement tasks
 
@@ -171,10 +171,6 @@ class InverseCostTask(Task):
     name: ClassVar[str] = "inverse_cost"
     requires_text: ClassVar[str] = "an inverse (every model)"
     metrics: ClassVar[tuple[str, ...]] = tuple(s[0] for s in _SPECS)
-
-    @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
-        return True
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         opts = ctx.options

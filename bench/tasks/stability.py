@@ -47,7 +47,7 @@ from bench.datasets.base import Dataset
 from bench.lipschitz import local_lipschitz
 from bench.tasks.base import Metric, Task, TaskContext
 from bench.tasks.inverse_cost import eval_inputs, failed_metrics, measured_model, reconstruction, resolve_grad_mode
-from models.base import Capabilities, InvertibleModel
+from models.base import InvertibleModel
 
 KINDS: tuple[str, ...] = ("test", "noise", "uniform", "scaled")
 _BASE: list[tuple[str, str, bool | None]] = [
@@ -130,10 +130,6 @@ class StabilityTask(Task):
     name: ClassVar[str] = "stability"
     requires_text: ClassVar[str] = "an inverse (every model)"
     metrics: ClassVar[tuple[str, ...]] = tuple(f"{m}@{k}" for k in KINDS for m, _, _ in _BASE)
-
-    @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
-        return True
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         opts = ctx.options
