@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from bench.tasks.base import Metric, Task, TaskContext
-from bench.tasks.inverse_cost import (
+from bench.tasks.measure import (
     eval_inputs,
     failed_metrics,
     grad_context,

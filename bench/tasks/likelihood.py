@@ -28,6 +28,7 @@ from torch import Tensor
 
 from bench.datasets.base import Dataset
 from bench.tasks.base import Metric, Task, TaskContext, save_artifact
+from bench.tasks.measure import estimator_settings
 from bench.tasks.training import (
     evaluation_grad_mode,
     fixed_test_x,
@@ -94,23 +95,10 @@ def cheapest_settings(current: dict[str, Any]) -> dict[str, Any]:
     return _counts_moved(current, {"term": 1, "probe": 1}, up=False)
 
 
-@contextlib.contextmanager
-def estimator_configured(model: InvertibleModel, settings: dict[str, Any]) -> Iterator[None]:
-    """Temporarily ``configure_estimator(**settings)``; the keys it changed get their previous values back on exit."""
-    before = model.estimator_settings()
-    previous = {k: before[k] for k in settings if k in before}
-    model.configure_estimator(**settings)
-    try:
-        yield
-    finally:
-        if previous:
-            model.configure_estimator(**previous)
-
-
-def plan_applied(model: InvertibleModel, plan: dict[str, Any]) -> contextlib.AbstractContextManager[None]:
+def plan_applied(model: InvertibleModel, plan: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
     """``plan["eval_estimator_settings"]`` for the duration of a ``with`` block (nothing when there are none)."""
     settings = plan.get("eval_estimator_settings")
-    return estimator_configured(model, settings) if settings else contextlib.nullcontext()
+    return estimator_settings(model, settings) if settings else contextlib.nullcontext()
 
 
 def logdet_plan(model: InvertibleModel, dim: int, options: dict[str, Any]) -> dict[str, Any]:

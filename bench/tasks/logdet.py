@@ -32,7 +32,7 @@ from torch import Tensor
 
 from bench.datasets.base import Dataset
 from bench.tasks.base import Metric, Task, TaskContext
-from bench.tasks.inverse_cost import estimator_settings, eval_inputs, failed_metrics, measured_model
+from bench.tasks.measure import estimator_settings, eval_inputs, failed_metrics, measured_model
 from bench.timing import time_ratio
 from models.base import Capabilities, InvertibleModel
 

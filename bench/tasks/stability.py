@@ -46,7 +46,7 @@ from torch import Tensor
 from bench.datasets.base import Dataset
 from bench.lipschitz import local_lipschitz
 from bench.tasks.base import Metric, Task, TaskContext
-from bench.tasks.inverse_cost import eval_inputs, failed_metrics, measured_model, reconstruction, resolve_grad_mode
+from bench.tasks.measure import eval_inputs, failed_metrics, measured_model, reconstruction, resolve_grad_mode
 from models.base import InvertibleModel
 
 KINDS: tuple[str, ...] = ("test", "noise", "uniform", "scaled")
