@@ -20,6 +20,7 @@ Quirks of nflows visible here:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -30,6 +31,7 @@ from nflows.transforms import (
     CompositeTransform,
     InverseTransform,
     MaskedAffineAutoregressiveTransform,
+    PiecewiseRationalQuadraticCouplingTransform,
     ReversePermutation,
     SqueezeTransform,
     Transform,
@@ -37,7 +39,7 @@ from nflows.transforms import (
 from torch import Tensor
 
 from models.base import Capabilities, InvertibleModel
-from models.subnets import SubnetKind, subnet_constructor
+from models.subnets import SubnetConstructor, SubnetKind, subnet_constructor
 
 
 class Reshape(Transform):
@@ -233,3 +235,52 @@ class MAFNflows(_NflowsFlow):
         if image:
             steps.append(Reshape((d,), self.shape))
         self._build(steps)
+
+
+class NSFNflows(_NflowsFlow):
+    """Neural Spline Flow, coupling form (Durkan, Bekasov, Murray & Papamakarios, "Neural Spline Flows",
+    NeurIPS 2019), in nflows: ``depth`` ``PiecewiseRationalQuadraticCouplingTransform`` layers with alternating
+    masks, each a monotone rational-quadratic spline of ``bins`` bins on ``[-tail_bound, tail_bound]`` per
+    transformed element, identity (linear tails) outside, its knots predicted from the passive half.
+
+    A data-initialised ``ActNorm`` comes *first* (standardising the input so the data falls inside the splines'
+    interval) and another last. The subnet's last layer starts small (``models.subnets``), so every spline starts
+    near the identity. Images: squeeze -> couplings with conv subnets -> un-squeeze.
+
+    Args:
+        shape: (D,) with D >= 2, or (C, H, W) with H, W even.
+        depth: number of (one-sided) spline coupling layers.
+        hidden: hidden width of every coupling subnet.
+        hidden_layers: hidden layers per subnet.
+        bins: spline bins per element.
+        tail_bound: half-width of the interval the splines act on (in standardised units).
+    """
+
+    family = "nsf"
+    capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
+                 hidden_layers: int = 2, bins: int = 16, tail_bound: float = 3.0) -> None:
+        super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, bins=bins,
+                         tail_bound=tail_bound)
+        kind, channels, before, after = self._coupling_layout()
+        net = subnet_constructor(kind, hidden, hidden_layers)
+        steps: list[Transform] = [*before, ActNorm(channels)]
+        for i in range(depth):
+            steps.append(PiecewiseRationalQuadraticCouplingTransform(
+                alternating_mask(channels, i % 2 == 1), _scaled_subnet(net, hidden), num_bins=bins, tails="linear",
+                tail_bound=tail_bound))
+        steps += [ActNorm(channels), *after]
+        self._build(steps)
+
+
+def _scaled_subnet(net: SubnetConstructor, hidden: int) -> SubnetConstructor:
+    """``net`` whose modules carry ``hidden_features``: nflows then divides the spline's width and height logits
+    by ``sqrt(hidden)`` (its initialisation; without the attribute it warns and skips that)."""
+    return partial(_with_hidden_features, net, hidden)
+
+
+def _with_hidden_features(net: SubnetConstructor, hidden: int, n_in: int, n_out: int) -> torch.nn.Module:
+    module = net(n_in, n_out)
+    setattr(module, "hidden_features", hidden)  # noqa: B010 (a plain attribute nflows reads; mypy types Module attrs)
+    return module

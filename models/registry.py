@@ -34,6 +34,7 @@ _BUILTIN: dict[str, str] = {
     "iresnet-native": "models.iresnet:IResNetNative",
     "resflow-native": "models.iresnet:ResFlowNative",
     "revnet-native": "models.revnet:RevNetNative",
+    "nsf-nflows": "models.nflows_flows:NSFNflows",
 }
 _extra: dict[str, str] = {}
 

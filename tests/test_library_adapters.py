@@ -17,12 +17,13 @@ from models.base import InvertibleModel, standard_normal_log_prob
 from models.freia_flows import GlowFreia, NiceFreia, RealNVPFreia, as_ladj
 from models.freia_iresnet import IResNetFreia
 from models.jacobian import jacobian_slogdet
-from models.nflows_flows import MAFNflows, NiceNflows, RealNVPNflows
+from models.nflows_flows import MAFNflows, NiceNflows, NSFNflows, RealNVPNflows
 
 EXACT: dict[str, type[InvertibleModel]] = {
     "nice-nflows": NiceNflows,
     "realnvp-nflows": RealNVPNflows,
     "maf-nflows": MAFNflows,
+    "nsf-nflows": NSFNflows,
     "nice-freia": NiceFreia,
     "realnvp-freia": RealNVPFreia,
     "glow-freia": GlowFreia,
@@ -163,7 +164,7 @@ def test_construction_follows_torch_seed_and_leaves_numpy_rng_alone(name: str) -
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.parametrize("name", ["nice-nflows", "realnvp-nflows", "maf-nflows", "nice-freia"])
+@pytest.mark.parametrize("name", ["nice-nflows", "realnvp-nflows", "maf-nflows", "nsf-nflows", "nice-freia"])
 def test_data_init_standardises_the_latent(name: str) -> None:
     cls = EXACT[name]
     torch.manual_seed(0)
@@ -434,3 +435,26 @@ def test_iresnet_training_without_log_det_gradient_worsens_the_likelihood() -> N
     nll0, nll1, sq0, sq1 = _train_banana(IResNetFreia((2,)))
     assert sq1 < sq0  # the N(z) term it does see improves ...
     assert nll1 > nll0  # ... while the likelihood it is meant to maximise degrades
+
+
+def test_nsf_splines_invert_inside_and_outside_their_interval() -> None:
+    """Points far outside ``[-tail_bound, tail_bound]`` take the linear tails: still exact round trips and log-dets,
+    and a spline layer there is the identity (its ladj is 0 when every coordinate lies in the tails)."""
+    torch.manual_seed(0)
+    model = NSFNflows((2,), depth=2, hidden=16, bins=4, tail_bound=1.0).double()
+    with torch.no_grad():  # perturb every parameter so the splines are far from the identity
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([torch.randn(8, 2, generator=g, dtype=torch.float64) * 0.4,
+                   torch.randn(8, 2, generator=g, dtype=torch.float64) * 6.0])
+    with torch.no_grad():
+        z, ladj = model(x)
+        assert _max_abs(model.inverse(z) - x) < 1e-9
+    exact = jacobian_slogdet(lambda t: model(t)[0], x)
+    assert _max_abs(ladj - exact) < 1e-8
+    spline = model.steps[1]
+    far = torch.full((3, 2), 50.0, dtype=torch.float64)
+    with torch.no_grad():
+        out, spline_ladj = spline(far)
+    assert torch.equal(out, far) and torch.equal(spline_ladj, torch.zeros(3, dtype=torch.float64))
