@@ -84,11 +84,15 @@ def _status_summary(store: Store) -> str:
 
 
 def _run_command_lines(store: Store) -> list[str]:
-    """The command that produced the results, from the run record (absent for hand-made stores)."""
-    argv = store.record.get("command")
-    if not isinstance(argv, list) or not argv:
+    """The commands that produced the results, from the run record (absent for hand-made stores): one line per
+    session, so a run continued with ``--resume`` shows every command that added rows, in order."""
+    sessions = store.record.get("sessions")
+    argvs = [s.get("command") for s in sessions if isinstance(s, dict)] if isinstance(sessions, list) else []
+    argvs = [a for a in argvs if isinstance(a, list) and a] or [store.record.get("command")]
+    lines = [" ".join(shlex.quote(str(a)) for a in argv) for argv in argvs if isinstance(argv, list) and argv]
+    if not lines:
         return []
-    return ["Results from:", "", "```", " ".join(shlex.quote(str(a)) for a in argv), "```", ""]
+    return ["Results from:", "", "```", *lines, "```", ""]
 
 
 def render_readme(store: Store, command: str, tables: Sequence[Table], references: Sequence[dict[str, str]],

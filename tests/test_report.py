@@ -273,3 +273,22 @@ def test_readme_names_the_run_command_from_the_run_record(tmp_path: Path) -> Non
     text = (write_report(run, tmp_path / "report") / "README.md").read_text()
     assert "Results from:\n\n```\ninvbench run --suite quick --out runs/q\n```" in text
     assert "Regenerate this report with:" in text
+
+
+def test_readme_names_every_session_of_a_resumed_run(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from bench.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(RUN, run)
+    record = json.loads((run / "run.json").read_text())
+    first = ["invbench", "run", "--tasks", "likelihood", "--out", "runs/q"]
+    second = ["invbench", "run", "--tasks", "cost", "--out", "runs/q", "--resume"]
+    record["command"] = first
+    record["sessions"] = [{"command": first}, {"command": second}]
+    (run / "run.json").write_text(json.dumps(record))
+    text = (write_report(run, tmp_path / "report") / "README.md").read_text()
+    assert ("```\ninvbench run --tasks likelihood --out runs/q\n"
+            "invbench run --tasks cost --out runs/q --resume\n```") in text
