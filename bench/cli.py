@@ -51,6 +51,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return cli_compare(args)
 
 
+def _cmd_speedup(args: argparse.Namespace) -> int:
+    from bench.speedup import cli_speedup
+
+    return cli_speedup(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="invbench",
@@ -97,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--noise", type=float, default=0.0,
                     help="also require the change to exceed this many standard errors of the seed means (0: off)")
     sp.set_defaults(func=_cmd_compare)
+
+    sp = sub.add_parser("speedup", help="per-task speed-up of run B over run A (e.g. GPU over CPU), same suite")
+    sp.add_argument("a", help="baseline run directory or results.jsonl")
+    sp.add_argument("b", help="the other run")
+    sp.add_argument("-o", "--output", default=None, help="also write the Markdown table to this file")
+    sp.set_defaults(func=_cmd_speedup)
     return p
 
 
