@@ -139,7 +139,7 @@ def test_bundled_suites(tmp_path: Path) -> None:
     from bench.tasks.registry import task_names
     from models.registry import names
 
-    assert bundled_suites() == ["fashion", "paper", "quick"]
+    assert bundled_suites() == ["fashion", "fashion-short", "paper", "quick"]
     real = Known(models=names, tasks=task_names, datasets=lambda: DATASETS)
     quick = load_suite("quick", real)
     assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
@@ -147,6 +147,9 @@ def test_bundled_suites(tmp_path: Path) -> None:
     assert quick.timeout is not None and quick.options_for("stability")["regularizer"]["eps"] > 0
     fashion = load_suite("fashion", real)
     assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
+    short = load_suite("fashion-short", real)
+    assert [d.name for d in short.datasets] == ["fashion-mnist"] and short.models == names()
+    assert short.budget.seconds is not None and len(short.seeds) == 1
     paper = load_suite("paper", real)
     assert paper.device == "cuda" and {d.name for d in paper.datasets} == {"mnist", "cifar10"}
     assert paper.hparams_for("iresnet-native", "mnist")["coeff"] == 0.9
@@ -157,7 +160,8 @@ def test_bundled_suites(tmp_path: Path) -> None:
 
 
 def test_suite_lookup_errors(tmp_path: Path) -> None:
-    with pytest.raises(SuiteError, match=r"^unknown suite 'quik'; did you mean quick\? \(bundled: fashion, paper, "):
+    bundled = r"\(bundled: fashion, fashion-short, paper, "
+    with pytest.raises(SuiteError, match=r"^unknown suite 'quik'; did you mean quick\? " + bundled):
         load_suite("quik", KNOWN)
     with pytest.raises(FileNotFoundError, match="suite file not found"):
         load_suite(str(tmp_path / "missing.toml"), KNOWN)
