@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report_tables import Store, load_store
+from bench.runner import LEDGER, read_ledger
 
 Key = tuple[str, str, int]  # (model, dataset, seed)
 TRAINING_TASKS = ("likelihood", "classification")
@@ -47,13 +48,7 @@ class Speedup:
 def _ledger_seconds(store: Store) -> dict[str, dict[Key, float]]:
     """task -> (model, dataset, seed) -> cell seconds, for cells that finished ok."""
     out: dict[str, dict[Key, float]] = defaultdict(dict)
-    path = store.run_dir / "cells.jsonl"
-    if not path.is_file():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        cell = json.loads(line)
+    for cell in read_ledger(store.run_dir / LEDGER).values():
         if cell.get("status") == "ok" and float(cell.get("seconds", 0)) > 0:
             out[cell["task"]][(cell["model"], cell["dataset"], int(cell["seed"]))] = float(cell["seconds"])
     return out
