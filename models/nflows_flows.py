@@ -264,23 +264,18 @@ class NSFNflows(_NflowsFlow):
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, bins=bins,
                          tail_bound=tail_bound)
         kind, channels, before, after = self._coupling_layout()
-        net = subnet_constructor(kind, hidden, hidden_layers)
+        net = partial(_with_hidden_features, subnet_constructor(kind, hidden, hidden_layers), hidden)
         steps: list[Transform] = [*before, ActNorm(channels)]
         for i in range(depth):
             steps.append(PiecewiseRationalQuadraticCouplingTransform(
-                alternating_mask(channels, i % 2 == 1), _scaled_subnet(net, hidden), num_bins=bins, tails="linear",
-                tail_bound=tail_bound))
+                alternating_mask(channels, i % 2 == 1), net, num_bins=bins, tails="linear", tail_bound=tail_bound))
         steps += [ActNorm(channels), *after]
         self._build(steps)
 
 
-def _scaled_subnet(net: SubnetConstructor, hidden: int) -> SubnetConstructor:
-    """``net`` whose modules carry ``hidden_features``: nflows then divides the spline's width and height logits
-    by ``sqrt(hidden)`` (its initialisation; without the attribute it warns and skips that)."""
-    return partial(_with_hidden_features, net, hidden)
-
-
 def _with_hidden_features(net: SubnetConstructor, hidden: int, n_in: int, n_out: int) -> torch.nn.Module:
+    """``net(n_in, n_out)`` carrying ``hidden_features``: nflows then divides the spline's width and height logits
+    by ``sqrt(hidden)`` (its initialisation; without the attribute it warns and skips that)."""
     module = net(n_in, n_out)
     setattr(module, "hidden_features", hidden)  # noqa: B010 (a plain attribute nflows reads; mypy types Module attrs)
     return module
