@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from models.activations import Activation, make_activation
 from models.actnorm import ActNorm
 from models.base import Capabilities, InverseInfo, InvertibleModel
-from models.fixed_point import SolveResult, anderson, fixed_point
+from models.fixed_point import SolveResult, anderson, fixed_point, ieee_fp32
 from models.logdet_estimators import VJP, EstimatorSettings, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
@@ -362,11 +362,12 @@ class ResidualFlow(InvertibleModel):
 
         Sets ``self.last_inverse``: ``per_block`` iterations in inversion order (last block first), ``history``
         the residuals of all solves concatenated in that order, ``converged`` only if every block converged.
+        The solves run with TF32 off (:func:`models.fixed_point.ieee_fp32`).
         """
         tol = self._inverse_tol(z.dtype)
         info = InverseInfo(iterations=0, residual=0.0, converged=True)
         h = self._pre(z)
-        with torch.no_grad():
+        with torch.no_grad(), ieee_fp32():  # TF32 would stall the solves near 1e-3 (models.fixed_point)
             for norm, block in zip(reversed(self.actnorms), reversed(self.blocks), strict=True):
                 assert isinstance(block, ResidualBlock)
                 h, res = block.inverse(h, self._hparams["solver"], tol, tol, int(self._hparams["max_iter"]),

@@ -446,3 +446,38 @@ def test_estimator_settings_reject_bad_values() -> None:
         EstimatorSettings(probe="uniform")
     with pytest.raises(ValueError):
         EstimatorSettings(tail="geometric", tail_param=1.5)
+
+
+def test_inverse_solves_without_tf32_and_restores_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The solves of the iterative inverse run with TF32 off (on a GPU it stalls them near 1e-3; measured on an
+    H100, see models.fixed_point); the caller's TF32 settings are back afterwards, also after an error."""
+    torch.manual_seed(8)
+    model = make(IResNetNative, (1, 4, 4))
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    z = model.encode(x)
+    seen: list[tuple[bool, bool]] = []
+    evaluate = ResidualNet.evaluate
+
+    def spy(self: ResidualNet, h: Tensor, weights: Any) -> Tensor:
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return evaluate(self, h, weights)
+
+    monkeypatch.setattr(ResidualNet, "evaluate", spy)
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = (cudnn.allow_tf32, matmul.allow_tf32)  # torch's flag objects do not suit monkeypatch's undo
+    cudnn.allow_tf32, matmul.allow_tf32 = True, True
+    try:
+        x_rec, info = model.invert(z)
+        assert info.converged and (x_rec - x).abs().max() < 1e-8
+        assert seen and all(flags == (False, False) for flags in seen)
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+
+        def boom(self: ResidualNet, h: Tensor, weights: Any) -> Tensor:
+            raise RuntimeError("solver failed")
+
+        monkeypatch.setattr(ResidualNet, "evaluate", boom)
+        with pytest.raises(RuntimeError, match="solver failed"):
+            model.invert(z)
+        assert cudnn.allow_tf32 and matmul.allow_tf32
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = saved
