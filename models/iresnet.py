@@ -169,15 +169,18 @@ class ResidualBlock(nn.Module):
     @torch.no_grad()
     def inverse(self, y: Tensor, solver: str = "fixed_point", atol: float = 1e-10, rtol: float = 1e-10,
                 max_iter: int = 1000, memory: int = 5) -> tuple[Tensor, SolveResult]:
-        """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result)."""
+        """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result).
+
+        Runs with TF32 off (:func:`models.fixed_point.ieee_fp32`): TF32 would stall the iteration near 1e-3."""
         weights = self.net.weights(update=False)
 
         def step(x: Tensor) -> Tensor:
             return y - self.net.evaluate(x, weights)
 
-        if solver == "anderson":
-            return anderson(step, y, atol, rtol, max_iter, memory=memory)
-        return fixed_point(step, y, atol, rtol, max_iter)
+        with ieee_fp32():
+            if solver == "anderson":
+                return anderson(step, y, atol, rtol, max_iter, memory=memory)
+            return fixed_point(step, y, atol, rtol, max_iter)
 
 
 class ResidualFlow(InvertibleModel):
@@ -362,12 +365,12 @@ class ResidualFlow(InvertibleModel):
 
         Sets ``self.last_inverse``: ``per_block`` iterations in inversion order (last block first), ``history``
         the residuals of all solves concatenated in that order, ``converged`` only if every block converged.
-        The solves run with TF32 off (:func:`models.fixed_point.ieee_fp32`).
+        Each block's solve runs with TF32 off (:meth:`ResidualBlock.inverse`).
         """
         tol = self._inverse_tol(z.dtype)
         info = InverseInfo(iterations=0, residual=0.0, converged=True)
         h = self._pre(z)
-        with torch.no_grad(), ieee_fp32():  # TF32 would stall the solves near 1e-3 (models.fixed_point)
+        with torch.no_grad():
             for norm, block in zip(reversed(self.actnorms), reversed(self.blocks), strict=True):
                 assert isinstance(block, ResidualBlock)
                 h, res = block.inverse(h, self._hparams["solver"], tol, tol, int(self._hparams["max_iter"]),
