@@ -3,8 +3,72 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bench.suite import Known
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch.cuda.is_available() is False on this machine (use --device cpu)")
+    if requested not in ("cpu", "cuda"):
+        raise ValueError(f"--device: expected auto, cpu or cuda, got {requested!r}")
+    return requested
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
+    """The ``run`` command. Exit status 0, or 1 when any cell ended ``error`` (its rows are still written)."""
+    from bench.run.executors import make_executor
+    from bench.run.progress import Progress, choose_mode
+    from bench.run.rundir import check_out_dir, default_out
+    from bench.run.runner import run_suite
+    from bench.suite import load_suite, restrict
+
+    data_dir = getattr(args, "data_dir", None)
+    if data_dir:  # searched first by the file data sets; workers inherit the environment
+        os.environ["INVBENCH_DATA"] = str(Path(data_dir).expanduser().resolve())
+    suite = load_suite(args.suite, known)
+    suite = restrict(suite, models=args.models, tasks=args.tasks, datasets=args.datasets, seeds=args.seeds,
+                     timeout=args.timeout, known=known)
+    device = resolve_device(args.device if args.device != "auto" else suite.device)
+    out = Path(args.out) if args.out else default_out(suite.name)
+    check_out_dir(out, args.resume)  # before any worker starts
+    executor = make_executor(getattr(args, "executor", None) or "local", workers=args.workers, device=device,
+                             out=out, slurm=suite.slurm)
+    progress = Progress(0, choose_mode(args.quiet, sys.stderr), sys.stderr)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
+    t0 = time.monotonic()
+    try:
+        summary = run_suite(suite, out, executor=executor, resume=args.resume, progress=progress, device=device,
+                            command=["invbench", *sys.argv[1:]])
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if not args.quiet:
+        counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common())
+        skipped = f", {summary.skipped} already done" if summary.skipped else ""
+        print(f"{summary.total} cells ({counts or 'none run'}{skipped}) in {time.monotonic() - t0:.0f}s")
+        print(f"run directory: {out}")
+        print(f"make a report: invbench report {out}")
+    return 1 if summary.statuses.get("error") else 0
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -34,25 +98,23 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from bench.runner import cli_run
-
     return cli_run(args)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import cli_report
+    from bench.report.writer import cli_report
 
     return cli_report(args)
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import cli_compare
+    from bench.report.compare import cli_compare
 
     return cli_compare(args)
 
 
 def _cmd_speedup(args: argparse.Namespace) -> int:
-    from bench.speedup import cli_speedup
+    from bench.report.speedup import cli_speedup
 
     return cli_speedup(args)
 

@@ -26,7 +26,7 @@ Format (every key optional except ``datasets``)::
     device = "auto"                     # auto | cpu | cuda
     [budget]                            # bench.tasks.base.Budget: steps, seconds, batch_size, lr
     steps = 400
-    [slurm]                             # the submitit executor (see bench.executors): cluster, partition, ...
+    [slurm]                             # the submitit executor (see bench.run.executors): cluster, partition, ...
 
 Extension mechanism: a task may be given as ``"package.module:TaskClass"`` (a :class:`bench.tasks.base.Task`
 subclass), a data set as ``"package.module:function"`` (called as ``function(seed=..., **options)`` and returning
@@ -49,8 +49,6 @@ from typing import Any
 
 from bench.tasks.base import Budget
 
-#: tasks that train a model; each (model, dataset, seed) runs them first so later tasks reuse the checkpoint
-TRAINING_TASKS: tuple[str, ...] = ("likelihood", "classification")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
     "name", "description", "models", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
@@ -58,7 +56,7 @@ TOP_LEVEL: tuple[str, ...] = (
 BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr", "schedule")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
 DATASET_RESERVED: tuple[str, ...] = ("budget", "models", "tasks")
-#: keys of the [slurm] table (see bench.executors.SubmititExecutor)
+#: keys of the [slurm] table (see bench.run.executors.SubmititExecutor)
 SLURM_FIELDS: tuple[str, ...] = (
     "cluster", "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
     "timeout_min", "array_parallelism", "additional_parameters", "poll_seconds",
@@ -133,17 +131,10 @@ class Suite:
 
     def ordered_tasks(self) -> list[str]:
         """Tasks in run order: training tasks first (so the others reuse their checkpoints), then the rest."""
-        train = [t for t in self.tasks if t in TRAINING_TASKS or _declares_training(t)]
+        from bench.run.worker import resolve_task
+
+        train = [t for t in self.tasks if resolve_task(t).trains_model]
         return train + [t for t in self.tasks if t not in train]
-
-
-def _declares_training(task: str) -> bool:
-    if not is_target(task):
-        return False
-    try:
-        return bool(getattr(import_target(task), "trains_model", False))
-    except Exception:
-        return False
 
 
 # ----------------------------------------------------------------------------------------------- parsing
@@ -407,6 +398,17 @@ def _check_task(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
     _check_named(c, path, name, known, "task", Task)
 
 
+def _check_task_options(c: _Ctx, task: str, options: dict[str, Any]) -> None:
+    """The task's options against its ``Options`` dataclass (unknown keys, types, ranges)."""
+    from bench.options import OptionError
+    from bench.run.worker import resolve_task
+
+    try:
+        resolve_task(task).parse_options(options, f"tasks.{_key(task)}")
+    except OptionError as exc:
+        raise c.fail("", str(exc)) from exc
+
+
 def _check_dataset(c: _Ctx, path: str, name: str, known: Callable[[], Sequence[str]]) -> None:
     if is_target(name):
         _check_target(c, path, name, "data set", callable, "a callable returning a Dataset")
@@ -439,6 +441,7 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
     task_names_ = list(known.tasks())
     for i, t in enumerate(suite.tasks):
         _check_task(c, f"tasks[{i}]", t, task_names_)
+        _check_task_options(c, t, suite.options_for(t))
     for i, d in enumerate(suite.datasets):
         _check_dataset(c, f"datasets[{i}]", d.name, known.datasets)
         for j, t in enumerate(d.tasks or []):

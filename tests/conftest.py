@@ -2,6 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 import torch
+from task_helpers import StubResult
+
+from bench.regularizers import FDRegularizer
+from bench.tasks import training
+from bench.tasks.base import TaskContext
+from models.base import InvertibleModel
 
 torch.set_num_threads(1)
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Replace trained_model by ``ctx.make_model()`` in eval mode; records each call's arguments."""
+    log: list[dict[str, Any]] = []
+
+    def fake(ctx: TaskContext, objective: str, regularizer: FDRegularizer | None = None
+             ) -> tuple[InvertibleModel, StubResult]:
+        log.append({"objective": objective, "regularizer": regularizer})
+        return ctx.make_model().to(ctx.device).eval(), StubResult(ctx.options.get("_diverged", False))
+
+    monkeypatch.setattr(training, "trained_model", fake)
+    return log

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.compare import compare_rows
-from bench.results import Row, append_rows
+from bench.report.compare import compare_rows
+from bench.run.rundir import Row, append_rows
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from bench.datasets.base import Dataset
-from bench.executors import (
+from bench.run.executors import (
     CellOutcome,
     GroupJob,
     InProcessExecutor,
@@ -31,9 +31,9 @@ from bench.executors import (
     threads_per_worker,
     write_part,
 )
-from bench.results import Row
+from bench.run.rundir import Row
+from bench.run.worker import CellSpec
 from bench.tasks.base import Metric, Task, TaskContext
-from bench.worker import CellSpec
 from models.base import Capabilities
 
 FAKES = __name__
@@ -195,7 +195,7 @@ def test_pool_pins_one_gpu_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_threads_per_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("bench.executors.cpu_cores", lambda: 8)
+    monkeypatch.setattr("bench.run.executors.cpu_cores", lambda: 8)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert [threads_per_worker(w) for w in (1, 2, 3, 16)] == [8, 4, 2, 1]
     monkeypatch.setenv("OMP_NUM_THREADS", "3")

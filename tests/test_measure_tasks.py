@@ -8,187 +8,28 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 import torch
-from torch import Tensor, nn
+from task_helpers import (
+    D,
+    GradScaledLinear,
+    SaturatingFlow,
+    SeriesResidual,
+    by_name,
+    context,
+    gaussian_data,
+)
 
-from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
-from bench.tasks import training
-from bench.tasks.base import Budget, Metric, TaskContext
 from bench.tasks.cost import CostTask
 from bench.tasks.inverse_cost import InverseCostTask
 from bench.tasks.logdet import LogdetTask, default_grid
 from bench.tasks.registry import get_task
 from bench.tasks.stability import KINDS, StabilityTask
-from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.base import InvertibleModel
 from models.template import LinearFlow
-
-D = 4
-
-# ----------------------------------------------------------------------------------------------- test models
-
-
-class SeriesResidual(InvertibleModel):
-    """``F(x) = x + tanh(W x + b)`` with ``||W||_2 = c``; log-det by the truncated power series with Hutchinson
-    probes (Behrmann et al., ICML 2019); inverse by fixed-point iteration ``x <- z - g(x)``.
-
-    ``x``: (B, D) -> ``z``: (B, D), ``ladj``: (B,). The Jacobian of ``g`` is explicit, so the expected value of
-    the estimator at ``n`` terms is known exactly: ``sum_{k<=n} (-1)^{k+1} tr(J_g^k) / k``.
-    """
-
-    family = "seriesres"
-    backend = "test"
-    capabilities = Capabilities(density=True, logdet="estimator", inverse="iterative")
-
-    def __init__(self, shape: Sequence[int], num_classes: int | None = None, c: float = 0.7, terms: int = 5,
-                 probes: int = 1, max_iter: int = 500, seed: int = 0) -> None:
-        super().__init__(shape, num_classes, c=c, terms=terms, probes=probes, max_iter=max_iter, seed=seed)
-        g = torch.Generator().manual_seed(seed)
-        w = torch.randn(self.dim, self.dim, generator=g)
-        self.weight = nn.Parameter(c * w / torch.linalg.matrix_norm(w, 2))
-        self.bias = nn.Parameter(0.2 * torch.randn(self.dim, generator=g))
-        self.terms, self.probes = terms, probes
-        self.encode_calls = 0
-
-    def jacobian_g(self, x: Tensor) -> Tensor:
-        """``J_g(x)``: (B, D) -> (B, D, D)."""
-        t = torch.tanh(x @ self.weight.T + self.bias)
-        return (1 - t**2).unsqueeze(-1) * self.weight
-
-    def encode(self, x: Tensor) -> Tensor:
-        self.encode_calls += 1
-        return x + torch.tanh(x @ self.weight.T + self.bias)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = x + torch.tanh(x @ self.weight.T + self.bias)
-        jac = self.jacobian_g(x)
-        v = torch.randn(x.shape[0], self.probes, self.dim, dtype=x.dtype)
-        w, ladj = v, torch.zeros(x.shape[0], dtype=x.dtype)
-        for k in range(1, self.terms + 1):
-            w = torch.einsum("bij,bpj->bpi", jac, w)
-            ladj = ladj + (-1) ** (k + 1) / k * (v * w).sum(-1).mean(-1)
-        return z, ladj
-
-    def expected_estimate(self, x: Tensor, terms: int) -> Tensor:
-        jac, power = self.jacobian_g(x), torch.eye(self.dim, dtype=x.dtype).expand(x.shape[0], -1, -1)
-        out = torch.zeros(x.shape[0], dtype=x.dtype)
-        for k in range(1, terms + 1):
-            power = power @ jac
-            out = out + (-1) ** (k + 1) / k * power.diagonal(dim1=1, dim2=2).sum(-1)
-        return out
-
-    def exact_logdet(self, x: Tensor) -> Tensor:
-        return torch.linalg.slogdet(torch.eye(self.dim, dtype=x.dtype) + self.jacobian_g(x))[1]
-
-    def inverse(self, z: Tensor) -> Tensor:
-        x, history = z.clone(), []
-        cap = int(self._hparams["max_iter"])
-        for _ in range(cap):
-            new = z - torch.tanh(x @ self.weight.T + self.bias)
-            history.append(float((new - x).detach().abs().max()))
-            x = new
-            if history[-1] < 1e-6:
-                break
-        self.last_inverse = InverseInfo(iterations=len(history), residual=history[-1], converged=history[-1] < 1e-6,
-                                        per_block=[len(history)], history=history)
-        return x
-
-    def estimator_settings(self) -> dict[str, Any]:
-        return {"method": "series", "terms": self.terms, "probes": self.probes}
-
-    def configure_estimator(self, **settings: Any) -> None:
-        self.terms = int(settings.get("terms", self.terms))
-        self.probes = int(settings.get("probes", self.probes))
-
-    def configure_inverse(self, **settings: Any) -> None:
-        self._hparams.update(settings)
-
-
-class SaturatingFlow(InvertibleModel):
-    """``z = tanh(x)`` elementwise: in float32 ``tanh(x)`` rounds to 1 for ``|x| > 9`` and ``atanh`` returns inf,
-    an inverse that explodes out of distribution while being exact on data near 0."""
-
-    family = "saturating"
-    backend = "test"
-    capabilities = Capabilities(density=True, logdet="exact", inverse="analytic")
-
-    def __init__(self, shape: Sequence[int], num_classes: int | None = None) -> None:
-        super().__init__(shape, num_classes)
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.tanh(x + self.dummy)
-        return z, torch.log1p(-z**2).reshape(x.shape[0], -1).sum(1)
-
-    def inverse(self, z: Tensor) -> Tensor:
-        return torch.atanh(z) - self.dummy
-
-
-class GradScaledLinear(LinearFlow):
-    """A LinearFlow whose "memory-saving" mode (in training mode, as RevNet's) scales every parameter gradient by
-    1.5 (same values, wrong backward): a broken recomputation with a known relative gradient error of 0.5."""
-
-    capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", memory_saving=True,
-                                inputs=("vector", "image"))
-
-    def __init__(self, shape: Sequence[int], num_classes: int | None = None, seed: int = 0) -> None:
-        super().__init__(shape, num_classes, seed=seed)
-        self.saving = True
-
-    def set_memory_saving(self, enabled: bool) -> None:
-        self.saving = enabled
-
-    def _scaled(self, p: Tensor) -> Tensor:
-        return 1.5 * p - 0.5 * p.detach() if self.saving and self.training else p
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        w, b = self._scaled(self.weight), self._scaled(self.bias)
-        z = x.reshape(x.shape[0], -1) @ w.T + b
-        return z.reshape(x.shape), torch.linalg.slogdet(w)[1].expand(x.shape[0])
-
-
-# ----------------------------------------------------------------------------------------------- harness
-
-
-class StubResult:
-    def __init__(self, diverged: bool = False) -> None:
-        self.diverged = diverged
-
-
-@pytest.fixture
-def calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Replace trained_model by ``ctx.make_model()`` in eval mode; records each call's arguments."""
-    log: list[dict[str, Any]] = []
-
-    def fake(ctx: TaskContext, objective: str, regularizer: FDRegularizer | None = None
-             ) -> tuple[InvertibleModel, StubResult]:
-        log.append({"objective": objective, "regularizer": regularizer})
-        return ctx.make_model().to(ctx.device).eval(), StubResult(ctx.options.get("_diverged", False))
-
-    monkeypatch.setattr(training, "trained_model", fake)
-    return log
-
-
-def gaussian_data(n_test: int = 64, d: int = D, clamp: float = 1.9) -> Dataset:
-    g = torch.Generator().manual_seed(0)
-    return Dataset(name="gauss", kind="vector", train_x=torch.randn(128, d, generator=g),
-                   test_x=torch.randn(n_test, d, generator=g).clamp(-clamp, clamp))
-
-
-def context(make: Callable[..., InvertibleModel], dataset: Dataset | None = None, **options: Any) -> TaskContext:
-    return TaskContext(make_model=make, dataset=dataset or gaussian_data(), seed=0,
-                       budget=Budget(steps=1, batch_size=32), device=torch.device("cpu"),
-                       options={"rounds": 3, "max_seconds": 2.0, **options})
-
-
-def by_name(metrics: list[Metric]) -> dict[str, Metric]:
-    out = {m.name: m for m in metrics}
-    assert len(out) == len(metrics), "metric names must be unique"
-    return out
 
 
 def test_registry_resolves_the_four_tasks() -> None:

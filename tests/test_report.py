@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.references import Reference, match_references, reference_records
-from bench.report_plots import PLOT_KINDS, grid_of, tile
-from bench.report_tables import MetricName, build_tables, family_of, load_store, to_latex, to_markdown
-from bench.results import Row, append_rows
+from bench.report.plots import PLOT_KINDS, grid_of, tile
+from bench.report.references import Reference, match_references, reference_records
+from bench.report.tables import MetricName, build_tables, family_of, load_store, to_latex, to_markdown
+from bench.run.rundir import Row, append_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUN = FIXTURES / "run-small"
@@ -263,7 +263,7 @@ def test_readme_names_the_run_command_from_the_run_record(tmp_path: Path) -> Non
     import json
     import shutil
 
-    from bench.report import write_report
+    from bench.report.writer import write_report
 
     run = tmp_path / "run"
     shutil.copytree(RUN, run)
@@ -279,7 +279,7 @@ def test_readme_names_every_session_of_a_resumed_run(tmp_path: Path) -> None:
     import json
     import shutil
 
-    from bench.report import write_report
+    from bench.report.writer import write_report
 
     run = tmp_path / "run"
     shutil.copytree(RUN, run)

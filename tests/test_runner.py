@@ -22,13 +22,13 @@ import pytest
 import torch
 from test_executors import FAKES, FAKES_PATH, MODEL
 
-from bench.cli import main
-from bench.executors import InProcessExecutor
-from bench.progress import Progress, choose_mode, format_duration
-from bench.results import Row, read_rows
-from bench.runner import LEDGER, RESULTS, _pid_alive, cli_run, compact, read_ledger, run_suite
+from bench.cli import cli_run, main
+from bench.run.executors import InProcessExecutor
+from bench.run.progress import Progress, choose_mode, format_duration
+from bench.run.rundir import LEDGER, RESULTS, Row, _pid_alive, compact, read_ledger, read_rows
+from bench.run.runner import run_suite
+from bench.run.worker import row_key
 from bench.suite import load_suite
-from bench.worker import row_key
 from models import registry
 
 REPO = Path(__file__).resolve().parents[1]

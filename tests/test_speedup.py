@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bench.cli import main
-from bench.report_tables import load_store
-from bench.speedup import speedups
+from bench.report.speedup import speedups
+from bench.report.tables import load_store
 
 
 def _row(model: str, task: str, metric: str, value: float | None, seed: int = 0, status: str = "ok") -> dict:

@@ -184,7 +184,7 @@ def test_command_line_restrictions(tmp_path: Path) -> None:
 
 
 def test_per_dataset_task_subset_limits_the_plan(tmp_path: Path) -> None:
-    from bench.runner import plan
+    from bench.run.runner import plan
 
     s = load_text(tmp_path, f"""
 models = ["{LINEAR}"]

@@ -1,8 +1,11 @@
 """The task contract: a task measures one aspect of one model on one data set for one seed.
 
-A task declares the capabilities it needs (``requires``); a model that lacks one gets rows with status
-``unsupported`` from the runner, without the task being called. A task returns :class:`Metric` values;
-the runner turns them into result rows (adding run id, suite, model, dataset, seed, config hash).
+A task declares, as class attributes: its options (``Options``, a frozen :class:`bench.options.Options`
+dataclass, validated when the suite loads), whether it trains a model (``trains_model``: such tasks run first in
+each (model, data set, seed) group so the others reuse the checkpoint), the metrics it emits (``metric_specs``:
+name, unit, direction) and what it needs (``supports``; a model that lacks it gets rows with status
+``unsupported`` from the runner, without the task being called). A task returns :class:`Metric` values; the
+runner turns them into result rows (adding run id, suite, model, dataset, seed, config hash).
 """
 
 from __future__ import annotations
@@ -16,19 +19,11 @@ from typing import Any, ClassVar
 import torch
 
 from bench.datasets.base import Dataset
+from bench.options import Options
+from bench.tasks.metric import Direction, Metric, MetricSpec
 from models.base import Capabilities, InvertibleModel
 
-
-@dataclass
-class Metric:
-    """One measured value with its unit and direction; ``status`` other than ``ok`` leaves value None."""
-
-    name: str
-    value: float | None
-    unit: str
-    higher_is_better: bool | None
-    status: str = "ok"
-    extra: dict[str, Any] = field(default_factory=dict)
+__all__ = ["Budget", "Direction", "Metric", "MetricSpec", "NoOptions", "Task", "TaskContext", "save_artifact"]
 
 
 @dataclass
@@ -55,7 +50,7 @@ class TaskContext:
         seed: the cell's seed (the runner has already seeded torch/numpy/random with it).
         budget: training budget.
         device: ``torch.device`` to run on.
-        options: task-specific options from the suite file.
+        options: the task's options (an instance of its ``Options`` dataclass, validated).
         progress: callback ``(done, total, message)`` for long loops; may be a no-op.
         checkpoint_dir: where trained models are cached (one file per model config x dataset x seed x
             objective x budget), so ``inverse_cost`` and ``stability`` measure the model that ``likelihood``
@@ -70,7 +65,7 @@ class TaskContext:
     seed: int
     budget: Budget
     device: torch.device
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = None
     progress: Callable[[int, int, str], None] = lambda done, total, msg: None
     checkpoint_dir: Path | None = None
     model_name: str = ""
@@ -95,14 +90,29 @@ def save_artifact(ctx: TaskContext, name: str, **arrays: Any) -> str | None:
     return str(path.relative_to(ctx.artifact_dir.parent))
 
 
+@dataclass(frozen=True)
+class NoOptions(Options):
+    """A task without options."""
+
+
 class Task(ABC):
-    """A benchmark task. Subclasses set ``name`` and ``requires`` and implement ``run``."""
+    """A benchmark task. Subclasses set ``name``, ``Options``, ``trains_model``, ``metric_specs`` and implement
+    ``run``."""
 
     name: ClassVar[str]
+    #: the task's options dataclass; ``ctx.options`` is an instance of it
+    Options: ClassVar[type[Options]] = NoOptions
+    #: whether the task trains the model (training tasks run first; later tasks reuse their checkpoints)
+    trains_model: ClassVar[bool] = False
     #: human-readable list of what the task needs, shown in ``unsupported`` rows
     requires_text: ClassVar[str] = ""
-    #: the metric names the task reports (so the runner can write ``unsupported`` rows for each)
-    metrics: ClassVar[tuple[str, ...]] = ()
+    #: the metrics the task reports (the runner writes one ``unsupported`` / failure row for each)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()
+
+    @classmethod
+    def parse_options(cls, data: dict[str, Any] | None, where: str) -> Options:
+        """The validated options from a suite's table (raises :class:`bench.options.OptionError`, one line)."""
+        return cls.Options.parse(data or {}, where)
 
     @classmethod
     def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:

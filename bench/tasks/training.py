@@ -35,7 +35,7 @@ from torch.nn import functional as F
 
 from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
-from bench.results import config_hash
+from bench.run.rundir import config_hash
 from bench.tasks.base import Budget, Metric, TaskContext
 from models.base import InvertibleModel
 

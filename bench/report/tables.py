@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.results import Row, read_rows
+from bench.run.rundir import Row, read_rows
 
 #: the order tasks appear in reports (the order a suite runs them, as in ``bench.tasks.registry``; kept here
 #: so reporting does not import torch); unknown tasks follow alphabetically

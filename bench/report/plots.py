@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.report_tables import CONDITION_ORDER, Cell, MetricName, Store, slug
-from bench.results import Row
+from bench.report.tables import CONDITION_ORDER, Cell, MetricName, Store, slug
+from bench.run.rundir import Row
 
 DPI = 100
 

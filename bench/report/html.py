@@ -6,9 +6,9 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 
-from bench.references import REFERENCE_FIELDS
-from bench.report_plots import Plot, Skipped
-from bench.report_tables import Table, to_html
+from bench.report.plots import Plot, Skipped
+from bench.report.references import REFERENCE_FIELDS
+from bench.report.tables import Table, to_html
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; padding: 0 1em; color: #222; }
@@ -39,7 +39,7 @@ def _records_table(fields: Sequence[str], records: Sequence[dict[str, str]]) -> 
 def render_page(title: str, command: str, legend: str, record: Sequence[tuple[str, str]], tables: Sequence[Table],
                 references: Sequence[dict[str, str]], plots: Sequence[Plot], skipped: Sequence[Skipped]) -> str:
     """The whole page. ``record`` is the flattened run record; ``references`` the records of
-    :func:`bench.references.reference_records`."""
+    :func:`bench.report.references.reference_records`."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

@@ -14,7 +14,6 @@ group's cells one after another in one place, so later tasks find the checkpoint
 
 from __future__ import annotations
 
-import json
 import math
 import multiprocessing as mp
 import os
@@ -28,8 +27,9 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any, ClassVar
 
-from bench.results import Row
-from bench.worker import CellSpec, failure_rows, run_cell, safe_name, worker_main
+from bench.run import rundir
+from bench.run.rundir import Row
+from bench.run.worker import CellSpec, failure_rows, run_cell, worker_main
 
 EXECUTORS: tuple[str, ...] = ("inprocess", "local", "pool", "submitit")
 
@@ -331,34 +331,14 @@ class PoolExecutor(WorkerPoolExecutor):
 
 # ----------------------------------------------------------------------------------------------- submitit
 def write_part(parts_dir: Path, cell: CellSpec, outcome: CellOutcome) -> Path:
-    """Write one cell's rows to ``<parts>/<cell>.jsonl`` atomically (temp file + ``os.replace``).
-
-    The first line is a header ``{"cell": key, "seconds": s, "crashed": bool}``, then one row per line.
-    """
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    path = parts_dir / f"{safe_name(cell.key)}.jsonl"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(json.dumps({"cell": cell.key, "seconds": outcome.seconds, "crashed": outcome.crashed}) + "\n")
-        for row in outcome.rows:
-            fh.write(row.to_json() + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    """Write one cell's outcome as a part file (:func:`bench.run.rundir.write_part`)."""
+    return rundir.write_part(parts_dir, cell.key, outcome.rows, outcome.seconds, outcome.crashed)
 
 
 def read_part(parts_dir: Path, cell: CellSpec) -> CellOutcome | None:
-    """The outcome a job wrote for ``cell``, or None when there is none (yet)."""
-    path = parts_dir / f"{safe_name(cell.key)}.jsonl"
-    if not path.exists():
-        return None
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    head = json.loads(lines[0])
-    if head.get("cell") != cell.key:
-        return None
-    rows = [Row.from_dict(json.loads(ln)) for ln in lines[1:]]
-    return CellOutcome(rows, float(head.get("seconds", 0.0)), bool(head.get("crashed", False)))
+    """The outcome a job wrote for ``cell`` (:func:`bench.run.rundir.read_part`), or None when there is none."""
+    part = rundir.read_part(parts_dir, cell.key)
+    return None if part is None else CellOutcome(*part)
 
 
 class GroupJob:

@@ -25,8 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report_tables import Store, load_store
-from bench.runner import LEDGER, read_ledger
+from bench.report.tables import Store, load_store
+from bench.run.rundir import LEDGER, read_ledger
 
 Key = tuple[str, str, int]  # (model, dataset, seed)
 TRAINING_TASKS = ("likelihood", "classification")

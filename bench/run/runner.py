@@ -6,9 +6,9 @@ other tasks reuse their checkpoints (``<run>/checkpoints``). A pair whose ``Task
 
 Run directory::
 
-    results.jsonl   rows, appended and fsynced per cell (bench.results)
+    results.jsonl   rows, appended and fsynced per cell (bench.run.rundir)
     cells.jsonl     the ledger: one line per finished cell, written AFTER the cell's rows
-    run.json        the run record (bench.environment), one entry per session in "sessions"
+    run.json        the run record (bench.run.environment), one entry per session in "sessions"
     checkpoints/    trained models shared between tasks
     artifacts/      arrays too large for a row
     logs/           worker stdout/stderr
@@ -22,33 +22,33 @@ rows appear exactly once. Cells whose worker died under them (ledger ``outcome: 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
-import signal
-import socket
-import sys
-import threading
-import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from bench.environment import capture, now_iso, read_record, write_record
-from bench.executors import CellOutcome, Executor, make_executor
-from bench.progress import Progress, choose_mode
-from bench.results import Row, append_rows, config_hash, read_rows
-from bench.suite import Known, Suite, load_suite, restrict
-from bench.worker import CellSpec, failure_rows, make_row, resolve_task, row_key
+from bench.run.environment import capture, now_iso, read_record, write_record
+from bench.run.executors import CellOutcome, Executor
+from bench.run.progress import Progress
+from bench.run.rundir import (
+    LEDGER,
+    RECORD,
+    RESULTS,
+    Row,
+    acquire_lock,
+    append_rows,
+    compact,
+    config_hash,
+    prepare_out_dir,
+)
+from bench.run.worker import CellSpec, declared_metrics, failure_rows, make_row, resolve_task
+from bench.suite import Suite
 
-RESULTS = "results.jsonl"
-LEDGER = "cells.jsonl"
-RECORD = "run.json"
-LOCK = ".lock"
 #: order in which a cell's worst status is chosen for its summary
 SEVERITY: tuple[str, ...] = ("error", "oom", "timeout", "diverged", "not_converged", "unsupported", "ok")
 
@@ -73,127 +73,12 @@ def cell_status(rows: Sequence[Row]) -> str:
     return sorted(present)[0] if present else "error"
 
 
-# ----------------------------------------------------------------------------------------------- run directory
-def read_ledger(path: Path) -> dict[str, dict[str, Any]]:
-    """Cell key -> its last ledger entry; torn lines (a kill mid-write) are skipped."""
-    entries: dict[str, dict[str, Any]] = {}
-    if not path.exists():
-        return entries
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(entry, dict) and "key" in entry:
-                entries[entry["key"]] = entry
-    return entries
-
-
-def _atomic_write_lines(path: Path, lines: Iterator[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for line in lines:
-            fh.write(line + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def compact(out: Path) -> set[str]:
-    """Make the run directory consistent with its ledger; returns the keys of finished cells.
-
-    Keeps rows only of cells the ledger marks ``done`` and, for each, only its last contiguous block of rows
-    (a cell's rows are written in one append); rewrites the ledger without torn lines and crashed cells.
-    """
-    ledger = read_ledger(out / LEDGER)
-    done = {k for k, e in ledger.items() if e.get("outcome", "done") == "done"}
-    results = out / RESULTS
-    if results.exists():
-        blocks: dict[str, list[Row]] = {}
-        current: str | None = None
-        for row in read_rows(results):
-            key = row_key(row)
-            if key not in done:
-                current = None
-                continue
-            if key != current:
-                blocks[key] = []  # a later block of the same cell replaces an earlier one
-                current = key
-            blocks[key].append(row)
-        _atomic_write_lines(results, (r.to_json() for rows in blocks.values() for r in rows))
-    _atomic_write_lines(out / LEDGER, (json.dumps(ledger[k], sort_keys=True) for k in ledger if k in done))
-    return done
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) is not alive
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def acquire_lock(out: Path) -> Path:
-    """Create ``<out>/.lock`` (pid, host); a lock left by a dead process on this host is taken over."""
-    lock = out / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname()}
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                holder = json.loads(lock.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError):
-                holder = {}
-            pid, host = holder.get("pid"), holder.get("host")
-            if host == me["host"] and isinstance(pid, int) and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)
-                continue
-            raise ValueError(f"run directory {out} is in use by process {pid} on {host} "
-                             f"(delete {lock} if that process is gone)") from None
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(me, fh)
-        return lock
-    raise ValueError(f"cannot lock run directory {out}")
-
-
-def check_out_dir(out: Path, resume: bool) -> None:
-    """A non-empty run directory needs ``resume``."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise ValueError(f"run directory {out} is not empty; pass --resume to continue that run, "
-                         "or choose a new --out")
-
-
-def prepare_out_dir(out: Path, resume: bool) -> None:
-    """Check ``out`` and create it."""
-    check_out_dir(out, resume)
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def default_out(suite_name: str) -> Path:
-    """``runs/<suite>-<YYYYmmdd-HHMMSS>`` (with a suffix if that exists)."""
-    base = Path("runs") / f"{suite_name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    out, n = base, 1
-    while out.exists():
-        n += 1
-        out = base.with_name(f"{base.name}-{n}")
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- planning
 def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[CellSpec]]:
     """The cells of a suite, grouped per (model, dataset, seed), training tasks first in each group."""
     tasks = suite.ordered_tasks()
-    metrics = {t: tuple(getattr(resolve_task(t), "metrics", ())) for t in tasks}
+    classes = {t: resolve_task(t) for t in tasks}
+    metrics = {t: tuple(classes[t].metric_specs) for t in tasks}
     groups: list[list[CellSpec]] = []
     for model in suite.models:
         for entry in suite.datasets:
@@ -204,7 +89,7 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[Cell
                 for task in tasks:
                     if entry.tasks is not None and task not in entry.tasks:
                         continue
-                    opts = suite.options_for(task)
+                    opts = classes[task].parse_options(suite.options_for(task), f"tasks.{task}").to_dict()
                     chash = config_hash({"model": model, "hparams": hparams, "dataset": entry.name,
                                          "dataset_options": entry.options, "task": task, "task_options": opts,
                                          "budget": budget})
@@ -233,7 +118,7 @@ class SupportCheck:
 
     def dataset(self, cell: CellSpec) -> Any:
         if cell.dataset not in self._data:
-            from bench.worker import load_dataset
+            from bench.run.worker import load_dataset
 
             try:
                 self._data[cell.dataset] = load_dataset(cell.dataset, cell.dataset_options, self.seed)
@@ -294,7 +179,7 @@ class _Recorder:
 
 def _unsupported_rows(cell: CellSpec, requires: str) -> list[Row]:
     extra = {"requires": requires} if requires else {}
-    return [make_row(cell, m, None, "", None, "unsupported", extra) for m in (cell.metrics or ("cell",))]
+    return [make_row(cell, m, None, "unsupported", extra) for m in declared_metrics(cell)]
 
 
 def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = False, progress: Progress | None = None,
@@ -365,53 +250,4 @@ def _suite_record(suite: Suite) -> dict[str, Any]:
     data["datasets"] = [asdict(d) for d in suite.datasets]
     return json.loads(json.dumps(data, default=str))
 
-
-# ----------------------------------------------------------------------------------------------- CLI
-def resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch
-
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch.cuda.is_available() is False on this machine (use --device cpu)")
-    if requested not in ("cpu", "cuda"):
-        raise ValueError(f"--device: expected auto, cpu or cuda, got {requested!r}")
-    return requested
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
-    """The ``run`` command. Exit status 0, or 1 when any cell ended ``error`` (its rows are still written)."""
-    data_dir = getattr(args, "data_dir", None)
-    if data_dir:  # searched first by the file data sets; workers inherit the environment
-        os.environ["INVBENCH_DATA"] = str(Path(data_dir).expanduser().resolve())
-    suite = load_suite(args.suite, known)
-    suite = restrict(suite, models=args.models, tasks=args.tasks, datasets=args.datasets, seeds=args.seeds,
-                     timeout=args.timeout, known=known)
-    device = resolve_device(args.device if args.device != "auto" else suite.device)
-    out = Path(args.out) if args.out else default_out(suite.name)
-    check_out_dir(out, args.resume)  # before any worker starts
-    executor = make_executor(getattr(args, "executor", None) or "local", workers=args.workers, device=device,
-                             out=out, slurm=suite.slurm)
-    progress = Progress(0, choose_mode(args.quiet, sys.stderr), sys.stderr)
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main_thread else None
-    t0 = time.monotonic()
-    try:
-        summary = run_suite(suite, out, executor=executor, resume=args.resume, progress=progress, device=device,
-                            command=["invbench", *sys.argv[1:]])
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if not args.quiet:
-        counts = ", ".join(f"{n} {s}" for s, n in summary.statuses.most_common())
-        skipped = f", {summary.skipped} already done" if summary.skipped else ""
-        print(f"{summary.total} cells ({counts or 'none run'}{skipped}) in {time.monotonic() - t0:.0f}s")
-        print(f"run directory: {out}")
-        print(f"make a report: invbench report {out}")
-    return 1 if summary.statuses.get("error") else 0
 

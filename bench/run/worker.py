@@ -3,7 +3,7 @@
 :func:`run_cell` never raises for a failure of the cell: an exception becomes ``error`` rows (message and
 traceback in ``extra``), ``MemoryError`` / CUDA out-of-memory become ``oom`` rows, a non-finite value reported
 as ``ok`` becomes ``diverged``. What it cannot catch (a segfault, a kill, a hang) is the business of the
-executor that runs :func:`worker_main` in a subprocess (``bench.executors``).
+executor that runs :func:`worker_main` in a subprocess (``bench.run.executors``).
 
 This module imports torch only inside functions, so a worker can set ``CUDA_VISIBLE_DEVICES`` first.
 """
@@ -11,7 +11,6 @@ This module imports torch only inside functions, so a worker can set ``CUDA_VISI
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 import os
 import re
@@ -25,31 +24,17 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from bench.results import Row
+from bench.run.rundir import Row, cell_key
 
 ProgressFn = Callable[[int, int, str], None]
-
-
-def cell_key(model: str, dataset: str, seed: int, task: str) -> str:
-    """The identity of a cell in the ledger and in rows (rows carry the same four fields)."""
-    return f"{model}|{dataset}|s{seed}|{task}"
-
-
-def row_key(row: Row) -> str:
-    return cell_key(row.model, row.dataset, row.seed, row.task)
-
-
-def safe_name(key: str) -> str:
-    """A file-name-safe, collision-free form of a cell key."""
-    digest = hashlib.sha1(key.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9._-]+', '_', key)[:120]}-{digest}"
 
 
 @dataclass
 class CellSpec:
     """Everything a worker needs to run one cell; picklable and JSON-friendly.
 
-    ``metrics`` are the task's declared metric names, used for the rows of a failed cell.
+    ``metrics`` are the task's declared :class:`bench.tasks.metric.MetricSpec` s, used for the rows of a failed
+    cell; ``task_options`` are the task's options as validated when the suite loaded (a plain table).
     """
 
     model: str
@@ -66,7 +51,7 @@ class CellSpec:
     checkpoint_dir: str | None = None
     artifact_dir: str | None = None
     timeout: float | None = None
-    metrics: tuple[str, ...] = ()
+    metrics: tuple[Any, ...] = ()
     config_hash: str = ""
 
     @property
@@ -97,17 +82,27 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def make_row(spec: CellSpec, metric: str, value: float | None, unit: str, higher_is_better: bool | None,
-             status: str, extra: dict[str, Any] | None = None) -> Row:
+def make_row(spec: CellSpec, metric: Any, value: float | None, status: str, extra: dict[str, Any] | None = None
+             ) -> Row:
+    """A row of ``spec``'s cell for ``metric`` (a :class:`bench.tasks.metric.Metric` or ``MetricSpec``)."""
     return Row(run_id=spec.run_id, suite=spec.suite, model=spec.model, task=spec.task, dataset=spec.dataset,
-               seed=spec.seed, metric=metric, value=value, unit=unit, higher_is_better=higher_is_better,
-               status=status, config_hash=spec.config_hash, extra=_jsonable(extra or {}))
+               seed=spec.seed, metric=metric.name, value=value, unit=metric.unit, direction=metric.direction,
+               status=status, input=getattr(metric, "input", ""), variant=getattr(metric, "variant", ""),
+               settings=_jsonable(dict(getattr(metric, "settings", {}) or {})), config_hash=spec.config_hash,
+               extra=_jsonable(extra or {}))
 
 
 def failure_rows(spec: CellSpec, status: str, message: str, extra: dict[str, Any] | None = None) -> list[Row]:
-    """One row per declared metric (or one row ``metric="cell"`` when none are declared), value None."""
+    """One valueless row per declared metric (or one row ``metric="cell"`` when none are declared)."""
     info = {"message": message, **(extra or {})}
-    return [make_row(spec, m, None, "", None, status, info) for m in (spec.metrics or ("cell",))]
+    return [make_row(spec, m, None, status, info) for m in declared_metrics(spec)]
+
+
+def declared_metrics(spec: CellSpec) -> tuple[Any, ...]:
+    """The cell's declared metric specs, or one ``cell`` spec for a task that declares none."""
+    from bench.tasks.metric import MetricSpec
+
+    return spec.metrics or (MetricSpec("cell", "", None),)
 
 
 def metric_rows(spec: CellSpec, metrics: list[Any]) -> list[Row]:
@@ -129,7 +124,7 @@ def metric_rows(spec: CellSpec, metrics: list[Any]) -> list[Row]:
         elif status == "ok" and value is None:
             status = "error"
             extra.setdefault("message", "task reported status ok without a value")
-        rows.append(make_row(spec, m.name, value, m.unit, m.higher_is_better, status, extra))
+        rows.append(make_row(spec, m, value, status, extra))
     if not rows:
         return failure_rows(spec, "error", "task returned no metrics")
     return rows
@@ -218,7 +213,7 @@ def run_cell(spec: CellSpec, progress: ProgressFn | None = None) -> list[Row]:
 
         ctx = TaskContext(
             make_model=make_model, dataset=dataset, seed=spec.seed, budget=Budget(**spec.budget),
-            device=torch.device(spec.device), options=dict(spec.task_options),
+            device=torch.device(spec.device), options=task_cls.parse_options(spec.task_options, f"tasks.{spec.task}"),
             progress=progress or (lambda done, total, msg: None),
             checkpoint_dir=Path(spec.checkpoint_dir) if spec.checkpoint_dir else None, model_name=spec.model,
             artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,

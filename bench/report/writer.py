@@ -3,8 +3,8 @@
 The report folder holds:
 
 - ``README.md``: the command that regenerates it, one table per (task, data set) (see
-  :mod:`bench.report_tables` for the cell format), the paper references beside the measured values
-  (:mod:`bench.references`), the plots (and a note for each plot kind without data), the run record;
+  :mod:`bench.report.tables` for the cell format), the paper references beside the measured values
+  (:mod:`bench.report.references`), the plots (and a note for each plot kind without data), the run record;
 - ``index.html``: the same on one self-contained page (images by relative path);
 - ``rows.csv`` (every row, tidy), ``tables/<task>__<dataset>.csv`` (one summary per table, long form),
   ``tables/<task>__<dataset>.tex`` and ``tables/tables.tex`` (LaTeX, booktabs), ``references.csv``;
@@ -23,10 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.references import REFERENCE_FIELDS, match_references, reference_records
-from bench.report_html import render_page
-from bench.report_plots import Plot, Skipped, make_plots
-from bench.report_tables import (
+from bench.report.html import render_page
+from bench.report.plots import Plot, Skipped, make_plots
+from bench.report.references import REFERENCE_FIELDS, match_references, reference_records
+from bench.report.tables import (
     ROW_FIELDS,
     SUMMARY_FIELDS,
     Store,
@@ -39,7 +39,7 @@ from bench.report_tables import (
     to_markdown,
     write_csv,
 )
-from bench.results import STATUSES
+from bench.run.rundir import STATUSES
 
 LEGEND = ("Cells: mean ± std over seeds (n_ok/n_total). Bold: best of its column among rows with the same input "
           "and settings (↑ higher is better, ↓ lower is better, |·| ↓ closest to zero; columns without a direction "

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bench.report_tables import Cell, MetricName, family_of, fmt_num
-from bench.results import Row
+from bench.report.tables import Cell, MetricName, family_of, fmt_num
+from bench.run.rundir import Row
 
 IRESNET = 'Behrmann et al., "Invertible Residual Networks", ICML 2019'
 RESFLOW = 'Chen et al., "Residual Flows for Invertible Generative Modeling", NeurIPS 2019'

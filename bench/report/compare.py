@@ -2,7 +2,7 @@
 
 For every key the mean over ok seeds in A and in B, the relative change ``(mean_B - mean_A) / |mean_A|`` and a
 verdict by the metric's direction (``higher_is_better``; None: not judged; metrics in
-:data:`bench.report_tables.ABS_METRICS` by their magnitude, the change then being that of ``|mean|``).
+:data:`bench.report.tables.ABS_METRICS` by their magnitude, the change then being that of ``|mean|``).
 
 A key regresses when
 
@@ -23,8 +23,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.report_tables import ABS_METRICS, Cell, CellKey, MetricName, aggregate, fmt_num, load_store
-from bench.results import Row
+from bench.report.tables import ABS_METRICS, Cell, CellKey, MetricName, aggregate, fmt_num, load_store
+from bench.run.rundir import Row
 
 
 @dataclass
