@@ -6,6 +6,7 @@ untrained, so each test controls the model exactly (a known spectrum, a known tr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.datasets.base import Dataset
-from bench.tasks.base import Budget, Metric, TaskContext
+from bench.tasks.base import Budget, Metric, Task, TaskContext
 from models.base import Capabilities, InverseInfo, InvertibleModel
 from models.template import LinearFlow
 
@@ -149,16 +150,32 @@ class StubResult:
         self.diverged = diverged
 
 
+class TrainingCalls(list[dict[str, Any]]):
+    """The arguments of each stubbed ``trained_model`` call (fixture ``calls``); set ``diverged = True`` to make
+    the stub report a diverged training run."""
+
+    diverged: bool = False
+
+
 def gaussian_data(n_test: int = 64, d: int = D, clamp: float = 1.9) -> Dataset:
     g = torch.Generator().manual_seed(0)
     return Dataset(name="gauss", kind="vector", train_x=torch.randn(128, d, generator=g),
                    test_x=torch.randn(n_test, d, generator=g).clamp(-clamp, clamp))
 
 
-def context(make: Callable[..., InvertibleModel], dataset: Dataset | None = None, **options: Any) -> TaskContext:
+#: quick timing defaults for the tasks whose options have these fields
+FAST = {"rounds": 3, "max_seconds": 2.0}
+
+
+def context(make: Callable[..., InvertibleModel], task: type[Task], dataset: Dataset | None = None,
+            **options: Any) -> TaskContext:
+    """A context for ``task`` with ``options`` parsed into its ``Options`` dataclass (as the worker does), over
+    ``FAST`` timing defaults where the task has those options."""
+    fields = {f.name for f in dataclasses.fields(task.Options)}
+    table = {**{k: v for k, v in FAST.items() if k in fields}, **options}
     return TaskContext(make_model=make, dataset=dataset or gaussian_data(), seed=0,
                        budget=Budget(steps=1, batch_size=32), device=torch.device("cpu"),
-                       options={"rounds": 3, "max_seconds": 2.0, **options})
+                       options=task.parse_options(table, f"tasks.{task.name}"), task_name=task.name)
 
 
 def by_name(metrics: list[Metric]) -> dict[str, Metric]:
