@@ -17,6 +17,7 @@ from task_helpers import (
     GradScaledLinear,
     SaturatingFlow,
     SeriesResidual,
+    TrainingCalls,
     by_name,
     context,
     gaussian_data,
@@ -77,9 +78,10 @@ def test_inverse_cost_reports_not_converged_with_its_value(calls: list[dict[str,
     assert out["inverse_iters"].value == 2 and out["recon_err"].value is not None and out["recon_err"].value > 1e-4
 
 
-def test_diverged_training_gives_valueless_rows(calls: list[dict[str, Any]]) -> None:
+def test_diverged_training_gives_valueless_rows(calls: TrainingCalls) -> None:
+    calls.diverged = True
     for task in (InverseCostTask(), StabilityTask(), CostTask()):
-        out = task.run(context(lambda **kw: LinearFlow((D,), **kw), _diverged=True))
+        out = task.run(context(lambda **kw: LinearFlow((D,), **kw), type(task)))
         assert out and all(m.status == "diverged" and m.value is None for m in out)
 
 
