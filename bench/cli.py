@@ -38,7 +38,7 @@ def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
     from bench.run.executors import make_executor
     from bench.run.progress import Progress, choose_mode
     from bench.run.rundir import check_out_dir, default_out
-    from bench.run.runner import run_suite
+    from bench.run.runner import check_unchanged, run_suite
     from bench.suite import load_suite, restrict
 
     data_dir = getattr(args, "data_dir", None)
@@ -50,6 +50,8 @@ def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
     device = resolve_device(args.device if args.device != "auto" else suite.device)
     out = Path(args.out) if args.out else default_out(suite.name)
     check_out_dir(out, args.resume)  # before any worker starts
+    if args.resume and not getattr(args, "allow_changed", False):
+        check_unchanged(out, suite)
     executor = make_executor(getattr(args, "executor", None) or "local", workers=args.workers, device=device,
                              out=out, slurm=suite.slurm)
     progress = Progress(0, choose_mode(args.quiet, sys.stderr), sys.stderr)
@@ -58,6 +60,7 @@ def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
     t0 = time.monotonic()
     try:
         summary = run_suite(suite, out, executor=executor, resume=args.resume, progress=progress, device=device,
+                            allow_changed=getattr(args, "allow_changed", False),
                             command=["invbench", *sys.argv[1:]])
     finally:
         if previous is not None:
@@ -146,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data-dir", default=None,
                     help="folder searched first for Fashion-MNIST, MNIST, CIFAR-10 files; see $INVBENCH_DATA")
     sp.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
+    sp.add_argument("--allow-changed", action="store_true",
+                    help="with --resume: continue although the suite's configuration changed (recorded per session)")
     sp.add_argument("--executor", choices=["inprocess", "local", "pool", "submitit"], default="local",
                     help="where cells run: one subprocess at a time, a process pool, or Slurm via submitit")
     sp.add_argument("--workers", type=int, default=None, help="pool workers (default: one per GPU, else 1)")

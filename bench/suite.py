@@ -8,15 +8,14 @@ Format (every key optional except ``datasets``)::
 
     name = "quick"                      # default: the file's stem
     description = "..."
-    models = ["all"]                    # list of names; "all" = every registered model; or a table:
-    # [models.all]                      #   keys are models ("all" allowed), values hyper-parameter overrides
-    # [models."iresnet-native"]
-    # depth = 4
+    models = ["all"]                    # list of names; "all" = every registered model
+    # [hparams."iresnet-native"]        # hyper-parameter overrides per model: the constructor's keyword arguments
+    # depth = 4                         #   (checked against its signature when the suite loads)
     datasets = ["moons", "digits"]      # list of names; or a table name -> loader options:
     # [datasets.digits]
     # n_train = 1000                    #   any key except `budget` and `models` is passed to the loader
     # budget = { steps = 800 }          #   per-data-set budget override
-    # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [models])
+    # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [hparams])
     # tasks = ["likelihood", "stability"]      # run only these of the suite's tasks on this data set
     tasks = ["likelihood", "stability"] # list; or a table name -> task options:
     # [tasks.stability]
@@ -51,7 +50,7 @@ from bench.tasks.base import Budget
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
-    "name", "description", "models", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
+    "name", "description", "models", "hparams", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
 )
 BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr", "schedule")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -215,11 +214,15 @@ def _budget(c: _Ctx, path: str, table: Any) -> dict[str, Any]:
                 raise c.fail(p, f"unknown schedule {v!r}{_near(str(v), SCHEDULES)} (known: {', '.join(SCHEDULES)})")
             out[k] = v
             continue
-        if k in ("steps", "batch_size"):
+        if k == "steps":  # 0: measure the models as initialised (data_init only)
+            _expect(c, p, v, (int,), "a non-negative integer")
+            if v < 0:
+                raise c.fail(p, f"must be >= 0 (0: the models as initialised), got {v!r}")
+        elif k == "batch_size":
             _expect(c, p, v, (int,), "a positive integer")
         else:
             _expect(c, p, v, (int, float), "a positive number")
-        if not (v > 0 and math.isfinite(v)):
+        if k != "steps" and not (v > 0 and math.isfinite(v)):
             raise c.fail(p, f"must be positive, got {v!r}")
         out[k] = float(v) if k in ("lr", "seconds") else int(v)
     return out
@@ -262,6 +265,14 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
         models.append(m)
         if opts:
             model_options[m] = opts
+    hparams = _expect(c, "hparams", data.get("hparams", {}), (dict,), "a table model -> hyper-parameters")
+    for m, hp in hparams.items():
+        p = f"hparams.{_key(m)}"
+        if m in model_options:
+            raise c.fail(p, f"hyper-parameters of {m!r} are also given in [models.{_key(m)}]; keep one")
+        if "all" not in models and m not in models:
+            raise c.fail(p, f"{m!r} is not one of the suite's models{_near(m, models)}")
+        model_options[m] = dict(_expect(c, p, hp, (dict,), "a table of hyper-parameters"))
 
     if "datasets" not in data:
         raise c.fail("datasets", "missing (a list of data set names or a table of them)")
@@ -432,8 +443,8 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
         _check_model(c, path, m, model_names)
         expanded.append(m)
     for m, hp in suite.model_options.items():
-        _check_model(c, f"models.{_key(m)}", m, model_names)
-        _check_hparams(c, f"models.{_key(m)}", m, hp)
+        _check_model(c, f"hparams.{_key(m)}", m, model_names)
+        _check_hparams(c, f"hparams.{_key(m)}", m, hp)
     models = list(dict.fromkeys(expanded))
     if not models:
         raise c.fail("models", "no models (the registry is empty?)")

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -19,6 +20,7 @@ import pytest
 import torch
 
 from bench.datasets.base import Dataset
+from bench.options import Options
 from bench.run.executors import (
     CellOutcome,
     GroupJob,
@@ -33,7 +35,7 @@ from bench.run.executors import (
 )
 from bench.run.rundir import Row
 from bench.run.worker import CellSpec
-from bench.tasks.base import Metric, Task, TaskContext
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from models.base import Capabilities
 
 FAKES = __name__
@@ -54,6 +56,24 @@ def broken(seed: int = 0, **options: Any) -> Dataset:
     raise FileNotFoundError("tiny-broken not found; looked in /nowhere")
 
 
+@dataclass(frozen=True)
+class EchoOptions(Options):
+    """The fake task's options (see :class:`EchoTask`)."""
+
+    fail_seeds: tuple[int, ...] = ()
+    nan_seeds: tuple[int, ...] = ()
+    oom_seeds: tuple[int, ...] = ()
+    hang_seeds: tuple[int, ...] = ()
+    die_seeds: tuple[int, ...] = ()
+    die_once: str = ""
+    sleep: float = 0.0
+    log: str = ""
+
+
+LOGLIK = MetricSpec("loglik", "nats", "up", "mean log-likelihood of a fresh model")
+DRAW = MetricSpec("draw", "", None, "one seeded uniform draw")
+
+
 class EchoTask(Task):
     """Deterministic fake task: mean log-likelihood of a fresh model on the test data and one seeded draw.
 
@@ -64,35 +84,35 @@ class EchoTask(Task):
     """
 
     name = "echo"
-    metrics: ClassVar[tuple[str, ...]] = ("loglik", "draw")
+    Options = EchoOptions
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (LOGLIK, DRAW)
 
     @classmethod
     def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
         return True
 
     def run(self, ctx: TaskContext) -> list[Metric]:
-        o = ctx.options
-        if o.get("log"):
-            with open(o["log"], "a", encoding="utf-8") as fh:
+        o: EchoOptions = ctx.options
+        if o.log:
+            with open(o.log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps({"task": self.name, "seed": ctx.seed, "pid": os.getpid(),
                                      "dataset": ctx.dataset.name, "threads": torch.get_num_threads()}) + "\n")
-        if ctx.seed in o.get("fail_seeds", []):
+        if ctx.seed in o.fail_seeds:
             raise RuntimeError(f"boom at seed {ctx.seed}")
-        if ctx.seed in o.get("oom_seeds", []):
+        if ctx.seed in o.oom_seeds:
             raise MemoryError("fake allocation failure")
-        if ctx.seed in o.get("hang_seeds", []):
+        if ctx.seed in o.hang_seeds:
             time.sleep(3600)
-        if ctx.seed in o.get("die_seeds", []) and not Path(o["die_once"]).exists():
-            Path(o["die_once"]).write_text("died")
+        if ctx.seed in o.die_seeds and not Path(o.die_once).exists():
+            Path(o.die_once).write_text("died")
             os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(float(o.get("sleep", 0.0)))
-        if ctx.seed in o.get("nan_seeds", []):
-            return [Metric("loglik", float("nan"), "nats", True), Metric("draw", 0.5, "", None)]
+        time.sleep(o.sleep)
+        if ctx.seed in o.nan_seeds:
+            return [LOGLIK(float("nan")), DRAW(0.5)]
         model = ctx.make_model()
         with torch.no_grad():
             loglik = model.log_prob(ctx.dataset.test_x).mean()
-        return [Metric("loglik", loglik.item(), "nats", True),
-                Metric("draw", torch.rand(()).item(), "", None, extra={"hparams": model.config()})]
+        return [LOGLIK(loglik.item()), DRAW(torch.rand(()).item(), extra={"hparams": model.config()})]
 
 
 class TrainEchoTask(EchoTask):
@@ -106,7 +126,7 @@ class ClassifierEchoTask(EchoTask):
     """Needs a classifier: LinearFlow is not one, so its cells are ``unsupported``."""
 
     name = "classifier_echo"
-    metrics: ClassVar[tuple[str, ...]] = ("acc",)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (MetricSpec("acc", "fraction", "up", "accuracy"),)
     requires_text = "a classifier"
 
     @classmethod
@@ -117,7 +137,7 @@ class ClassifierEchoTask(EchoTask):
 def cell(seed: int, task: str = "EchoTask", timeout: float | None = None, **options: Any) -> CellSpec:
     return CellSpec(model=MODEL, dataset=f"{FAKES}:tiny", seed=seed, task=f"{FAKES}:{task}", run_id="r",
                     suite="t", task_options=options, budget={"steps": 1}, timeout=timeout,
-                    metrics=("loglik", "draw"))
+                    metrics=(LOGLIK, DRAW))
 
 
 def collect(executor: Any, groups: list[list[CellSpec]]) -> dict[str, CellOutcome]:

@@ -25,9 +25,8 @@ from test_executors import FAKES, FAKES_PATH, MODEL
 from bench.cli import cli_run, main
 from bench.run.executors import InProcessExecutor
 from bench.run.progress import Progress, choose_mode, format_duration
-from bench.run.rundir import LEDGER, RESULTS, Row, _pid_alive, compact, read_ledger, read_rows
+from bench.run.rundir import LEDGER, RESULTS, Row, _pid_alive, compact, read_ledger, read_rows, row_key
 from bench.run.runner import run_suite
-from bench.run.worker import row_key
 from bench.suite import load_suite
 from models import registry
 
@@ -164,7 +163,7 @@ def test_setup_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 
 def _row(task: str, seed: int, metric: str, value: float) -> Row:
     return Row(run_id="r", suite="t", model="m", task=task, dataset="d", seed=seed, metric=metric, value=value,
-               unit="", higher_is_better=None)
+               unit="", direction=None)
 
 
 def test_compact_keeps_each_finished_cell_once(tmp_path: Path) -> None:
@@ -260,8 +259,41 @@ def test_cli_run_prints_run_dir_and_report_command(tmp_path: Path, capsys: pytes
     captured = capsys.readouterr()
     assert f"invbench report {out}" in captured.out and f"run directory: {out}" in captured.out
     assert "boom at seed 1" in captured.err, "errors are shown"
-    assert cli_run(_args(suite, out, resume=True, quiet=True, seeds=1)) == 0
+    assert cli_run(_args(suite, out, resume=True, quiet=True)) == 0
     assert capsys.readouterr().out == "", "--quiet prints nothing but errors"
+
+
+def test_resume_of_a_changed_suite_needs_allow_changed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path / "s.toml", f'"{ECHO}" = {{}}')
+    out = tmp_path / "run"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--executor", "inprocess", "--quiet"]) == 0
+    write_suite(tmp_path / "s.toml", f'"{ECHO}" = {{ sleep = 0.01 }}', seeds=3)
+    capsys.readouterr()
+    resume = ["run", "--suite", str(suite), "--out", str(out), "--executor", "inprocess", "--quiet", "--resume"]
+    before = (out / RESULTS).read_text()
+    assert main(resume) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the suite changed" in err and "--allow-changed" in err
+    assert "seeds" in err and "task_options" in err, err
+    assert (out / RESULTS).read_text() == before, "nothing ran"
+    assert main([*resume, "--allow-changed"]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert [len(s["suite_config"]["seeds"]) for s in record["sessions"]] == [2, 3]
+    assert len({r.seed for r in rows_of(out)}) == 3
+
+
+def test_hparams_table_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path / "s.toml", f'"{ECHO}" = {{}}', seeds=1,
+                        models=f'models = ["{MODEL}"]\n[hparams."{MODEL}"]\nseed = 5\n')
+    out = tmp_path / "run"
+    assert main(["run", "--suite", str(suite), "--out", str(out), "--executor", "inprocess", "--quiet"]) == 0
+    draw = next(r for r in rows_of(out) if r.metric == "draw")
+    assert draw.extra["hparams"]["seed"] == 5
+    bad = write_suite(tmp_path / "b.toml", f'"{ECHO}" = {{}}', seeds=1,
+                      models=f'models = ["{MODEL}"]\n[hparams."{MODEL}"]\nsed = 5\n')
+    assert main(["run", "--suite", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sed" in err and "did you mean seed" in err, err
 
 
 @pytest.mark.parametrize(("suite_text", "expected"), [

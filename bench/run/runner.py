@@ -183,8 +183,11 @@ def _unsupported_rows(cell: CellSpec, requires: str) -> list[Row]:
 
 
 def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = False, progress: Progress | None = None,
-              device: str = "cpu", command: list[str] | None = None) -> RunSummary:
+              device: str = "cpu", command: list[str] | None = None, allow_changed: bool = False) -> RunSummary:
     """Run every cell of ``suite`` not yet finished in ``out``; returns what this session did.
+
+    Resuming a run whose suite configuration changed (models, data sets, tasks, options, seeds, budget, ...) is an
+    error naming what changed, unless ``allow_changed``; each session's suite is then recorded in ``run.json``.
 
     Everything that can fail before compute (a data set that does not load) fails before anything is written;
     a fresh run directory left empty by such a failure is removed.
@@ -192,8 +195,11 @@ def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = Fal
     prepare_out_dir(out, resume)
     lock = acquire_lock(out)
     try:
-        done = compact(out) if resume else set()
         record = read_record(out / RECORD) if resume else None
+        config = _suite_record(suite)
+        if not allow_changed:
+            check_unchanged(out, suite)
+        done = compact(out) if resume else set()
         run_id = str(record["run_id"]) if record and record.get("run_id") else (
             f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
         groups = plan(suite, run_id=run_id, out=out, device=device)
@@ -204,9 +210,9 @@ def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = Fal
         session = capture(run_id=run_id, suite=suite.name, device=device, command=command,
                           executor=executor.describe())
         if record is None:
-            record = {**session, "suite_config": _suite_record(suite), "sessions": []}
-        record["sessions"].append({k: session[k] for k in ("start_time", "hostname", "device", "git", "command",
-                                                           "executor", "torch_threads")})
+            record = {**session, "suite_config": config, "sessions": []}
+        record["sessions"].append({**{k: session[k] for k in ("start_time", "hostname", "device", "git", "command",
+                                                              "executor", "torch_threads")}, "suite_config": config})
         record["end_time"] = None
         write_record(out / RECORD, record)
 
@@ -249,5 +255,41 @@ def _suite_record(suite: Suite) -> dict[str, Any]:
     data = asdict(suite)
     data["datasets"] = [asdict(d) for d in suite.datasets]
     return json.loads(json.dumps(data, default=str))
+
+
+def check_unchanged(out: Path, suite: Suite) -> None:
+    """Raise ``ValueError`` (one line naming what changed) when ``out`` was started with another configuration."""
+    recorded = (read_record(out / RECORD) or {}).get("suite_config")
+    changes = suite_changes(recorded, _suite_record(suite)) if isinstance(recorded, dict) else []
+    if changes:
+        raise ValueError(f"--resume: the suite changed since {out} was started ({'; '.join(changes)}); "
+                         "pass --allow-changed to continue with the new configuration, or choose a new --out")
+
+
+#: suite fields that do not change what a cell computes
+_NOT_CONFIG = frozenset({"description", "source", "slurm"})
+
+
+def suite_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> list[str]:
+    """What differs between two recorded suite configurations, as short phrases (``budget.seconds: 5 -> 8``)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in dict.fromkeys([*a, *b]):
+                if path == "" and k in _NOT_CONFIG:
+                    continue
+                p = f"{path}.{k}" if path else str(k)
+                if k not in a:
+                    out.append(f"{p} added")
+                elif k not in b:
+                    out.append(f"{p} removed")
+                else:
+                    walk(a[k], b[k], p)
+        elif a != b:
+            out.append(f"{path}: {json.dumps(a, default=str)} -> {json.dumps(b, default=str)}")
+
+    walk(old, new, "")
+    return out[:limit] + ([f"{len(out) - limit} more"] if len(out) > limit else [])
 
 
