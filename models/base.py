@@ -21,6 +21,11 @@ Rules (D = prod(shape), B = batch size):
 - ``logits(x) -> (B, num_classes)``: only for ``capabilities.classifier``; others raise
   :class:`UnsupportedCapability`.
 - ``config() -> dict``: JSON-serialisable hyper-parameters; ``cls(**cfg)`` MUST rebuild the model.
+- ``estimator_settings() -> EstimatorSettings | None`` and ``configure_estimator(settings)``: estimator models
+  (``capabilities.logdet == "estimator"``) MUST report and accept their :class:`EstimatorSettings`; exact models
+  return None. ``inverse_settings() -> InverseSettings | None`` and ``configure_inverse(settings)`` likewise for
+  iterative inverses (:class:`InverseSettings`); analytic inverses return None. ``configure_*`` MUST raise
+  ``ValueError`` for a change the model cannot honour, and ``config()`` MUST reflect what was configured.
 - Capabilities are declared in the class attribute ``capabilities``, never discovered by catching
   exceptions.
 - A model MUST survive ``.to(torch.float64)``, ``state_dict`` round trips and be deterministic in
@@ -28,16 +33,19 @@ Rules (D = prod(shape), B = batch size):
 - Adapters over a library MUST normalise its quirks inside the adapter (log-det types and signs, private
   attributes) and MUST NOT patch the library's defects: the conformance checks measure them.
 
-Constructor convention: ``Model(shape=(D,) or (C, H, W), num_classes=None, **hyper_parameters)``.
+Constructor convention: ``Model(shape=(D,) or (C, H, W), num_classes=None, <hyper-parameter>=<default>, ...)``
+with every hyper-parameter an explicit keyword argument (no ``**kwargs``), so that a suite's misspelt
+hyper-parameter is caught from the signature before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +53,13 @@ from torch import Tensor, nn
 InputKind = Literal["vector", "image"]
 LogdetKind = Literal["exact", "estimator"]
 InverseKind = Literal["analytic", "iterative"]
+SolverKind = Literal["fixed_point", "anderson"]
+EstimatorMethod = Literal["exact", "series", "roulette"]
+ProbeKind = Literal["gaussian", "rademacher"]
+TailKind = Literal["geometric", "poisson"]
+VjpKind = Literal["analytic", "autograd"]
+#: the integer estimator settings that can set an estimator's cost (see :meth:`EstimatorSettings.cost_knobs`)
+COST_KNOBS: tuple[str, ...] = ("terms", "exact_terms", "probes")
 
 
 class UnsupportedCapability(RuntimeError):
@@ -113,6 +128,160 @@ class InverseInfo:
     converged: bool = True
     per_block: list[int] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
+
+
+def _check_literal(name: str, value: Any, kind: Any) -> None:
+    if value not in get_args(kind):
+        raise ValueError(f"unknown {name} {value!r}; choose from {get_args(kind)}")
+
+
+@dataclass(frozen=True)
+class InverseSettings:
+    """How an iterative inverse solves ``F(x) = z`` (Behrmann et al., "Invertible Residual Networks", ICML 2019,
+    Algorithm 1: the fixed-point iteration ``x_{k+1} = z - g(x_k)``; optionally Anderson-accelerated).
+
+    Read with :meth:`InvertibleModel.inverse_settings`, changed with :meth:`InvertibleModel.configure_inverse`
+    (``dataclasses.replace(settings, max_iter=8)``). A model MUST reject a change it cannot honour (a solver it
+    does not have) with ``ValueError``.
+
+    Attributes:
+        solver: ``"fixed_point"`` (plain iteration) or ``"anderson"`` (Anderson acceleration).
+        tol: the tolerance the solve is held to (the stopping rule is the model's, stated in its docstring);
+            ``None``: the model's default for the dtype.
+        max_iter: iteration cap (per block for a stack of blocks); a model with a fixed iteration count runs
+            exactly this many.
+        anderson_memory: Anderson's history length ``m`` (``solver="anderson"`` only).
+    """
+
+    solver: SolverKind = "fixed_point"
+    tol: float | None = None
+    max_iter: int = 1000
+    anderson_memory: int = 5
+
+    def __post_init__(self) -> None:
+        _check_literal("solver", self.solver, SolverKind)
+        if self.tol is not None and not self.tol > 0:
+            raise ValueError(f"tol must be positive or None, got {self.tol!r}")
+        if self.max_iter < 1 or self.anderson_memory < 1:
+            raise ValueError(f"max_iter and anderson_memory must be >= 1, got {self.max_iter}, {self.anderson_memory}")
+
+
+@dataclass(frozen=True)
+class EstimatorSettings:
+    """A stochastic log-det estimator of residual blocks ``F(x) = x + g(x)`` (see :mod:`models.logdet_estimators`).
+
+    Read with :meth:`InvertibleModel.estimator_settings`, changed with :meth:`InvertibleModel.configure_estimator`
+    (``dataclasses.replace(settings, terms=10)``). A model MUST reject a change it cannot honour (e.g. a method it
+    does not implement) with ``ValueError``. :meth:`cost_knobs` names the fields that set the cost.
+
+    Attributes:
+        method: ``"exact"``, ``"series"`` (truncated power series with Hutchinson probes, Behrmann et al., ICML
+            2019, sec. 4) or ``"roulette"`` (Russian-roulette series, Chen et al., "Residual Flows", NeurIPS 2019,
+            sec. 3.1).
+        terms: number of power-series terms (``series``).
+        exact_terms: ``n0``, terms always computed (``roulette``).
+        probes: Hutchinson probes per example.
+        probe: ``"gaussian"`` or ``"rademacher"``.
+        tail: ``"geometric"`` (``T ~ Geom(p)`` on {1, 2, ...}, ``E[N] = n0 + 1/p``) or ``"poisson"``
+            (``T ~ Poisson(lambda)``, ``E[N] = n0 + lambda``) (``roulette``).
+        tail_param: ``p`` or ``lambda``.
+        max_terms: hard cap on ``N`` for ``roulette`` (a guard against a huge draw; the estimator is unbiased only
+            up to the mass beyond it, ``P(N > max_terms)``).
+        neumann_grad: estimate the gradient with the Neumann series instead of backpropagating through the terms
+            (``series`` and ``roulette``).
+        vjp: ``"analytic"`` (explicit transposed chain through the saved activations' derivatives, an ordinary
+            differentiable expression) or ``"autograd"`` (``torch.autograd.grad`` with ``create_graph=True`` when a
+            gradient is needed); both give the same numbers.
+        eval_seed: ``None``: probes and roulette draws come from torch's global RNG in every mode (seed it for
+            reproducible draws); an int: in eval mode they come from a generator seeded with it on every call, so
+            eval log-dets are repeatable (common random numbers across models/checkpoints).
+    """
+
+    method: EstimatorMethod = "series"
+    terms: int = 5
+    exact_terms: int = 2
+    probes: int = 1
+    probe: ProbeKind = "gaussian"
+    tail: TailKind = "geometric"
+    tail_param: float = 0.5
+    max_terms: int = 100
+    neumann_grad: bool = False
+    vjp: VjpKind = "analytic"
+    eval_seed: int | None = None
+
+    def __post_init__(self) -> None:
+        _check_literal("log-det method", self.method, EstimatorMethod)
+        _check_literal("probe", self.probe, ProbeKind)
+        _check_literal("roulette tail", self.tail, TailKind)
+        _check_literal("vjp", self.vjp, VjpKind)
+        if self.terms < 1 or self.exact_terms < 0 or self.probes < 1 or self.max_terms < 1:
+            raise ValueError("terms, probes and max_terms must be >= 1, exact_terms >= 0")
+        if self.tail == "geometric" and not 0 < self.tail_param <= 1:
+            raise ValueError(f"geometric p must lie in (0, 1], got {self.tail_param}")
+        if self.tail == "poisson" and self.tail_param <= 0:
+            raise ValueError(f"poisson lambda must be positive, got {self.tail_param}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def cost_knobs(self) -> tuple[str, ...]:
+        """The integer fields that set this estimator's cost (and precision): ``("terms", "probes")`` for the
+        series, ``("exact_terms", "probes")`` for the roulette (its random tail is a distribution, not a count),
+        none for the exact method (its cost is D vector-Jacobian products)."""
+        if self.method == "series":
+            return ("terms", "probes")
+        if self.method == "roulette":
+            return ("exact_terms", "probes")
+        return ()
+
+    def expected_terms(self) -> float:
+        """Expected power-series terms per probe: ``terms`` (series), ``n0 + E[T]`` (roulette, before the
+        ``max_terms`` cap), ``inf`` for the exact method (D vector-Jacobian products, D unknown here)."""
+        if self.method == "series":
+            return float(self.terms)
+        if self.method == "roulette":
+            return self.exact_terms + (1.0 / self.tail_param if self.tail == "geometric" else self.tail_param)
+        return math.inf
+
+    def work(self) -> float:
+        """Expected vector-Jacobian products per example and block: ``expected_terms() * probes``."""
+        return self.expected_terms() * self.probes
+
+    def knobs(self) -> dict[str, int]:
+        """``{knob: value}`` for :meth:`cost_knobs`."""
+        return {k: int(getattr(self, k)) for k in self.cost_knobs()}
+
+    def at_least(self, **floors: int) -> EstimatorSettings:
+        """These settings with every cost knob named in ``floors`` raised to at least its value (names in
+        :data:`COST_KNOBS`; knobs this method does not have are left alone)."""
+        return self._moved(floors, up=True)
+
+    def at_most(self, **caps: int) -> EstimatorSettings:
+        """These settings with every cost knob named in ``caps`` lowered to at most its value."""
+        return self._moved(caps, up=False)
+
+    def _moved(self, bounds: dict[str, int], up: bool) -> EstimatorSettings:
+        unknown = sorted(set(bounds) - set(COST_KNOBS))
+        if unknown:
+            raise ValueError(f"not cost knobs: {unknown}; cost knobs are {COST_KNOBS}")
+        changes: dict[str, Any] = {k: (max if up else min)(v, bounds[k]) for k, v in self.knobs().items()
+                                   if k in bounds}
+        return dataclasses.replace(self, **changes)
+
+    def changes_from(self, other: EstimatorSettings) -> dict[str, Any]:
+        """``{field: value}`` of the fields whose value here differs from ``other``'s."""
+        mine, theirs = self.as_dict(), other.as_dict()
+        return {k: v for k, v in mine.items() if theirs[k] != v}
+
+
+def refuse_changes(current: Any, new: Any, allowed: Sequence[str], what: str) -> None:
+    """Raise ``ValueError`` when the settings dataclass ``new`` differs from ``current`` outside the fields
+    ``allowed`` (what a model can change; ``what`` names the model in the message)."""
+    fixed = [f.name for f in dataclasses.fields(current)
+             if f.name not in allowed and getattr(current, f.name) != getattr(new, f.name)]
+    if fixed:
+        shown = ", ".join(f"{k}={getattr(new, k)!r}" for k in fixed)
+        raise ValueError(f"{what} cannot change {shown} (it can change: {', '.join(allowed) or 'nothing'})")
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
@@ -235,13 +404,23 @@ class InvertibleModel(nn.Module, ABC):
     def after_step(self) -> None:
         """Called by training loops after every optimiser step (e.g. a projection). Default: nothing."""
 
-    def estimator_settings(self) -> dict[str, Any]:
-        """The log-det estimator's settings (terms, probes, ...); empty for exact models."""
-        return {}
+    def estimator_settings(self) -> EstimatorSettings | None:
+        """The log-det estimator's settings; None for exact models. Estimator models MUST override it."""
+        return None
 
-    def configure_estimator(self, **settings: Any) -> None:
-        """Change the log-det estimator's settings (estimator models only)."""
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        """Use the log-det estimator ``settings`` from now on (estimator models only); ``config()`` MUST reflect
+        them. Raises ``ValueError`` for a change the model cannot honour."""
         raise UnsupportedCapability(f"{type(self).__name__} has an exact log-det; nothing to configure")
+
+    def inverse_settings(self) -> InverseSettings | None:
+        """The iterative inverse's settings; None for analytic inverses. Iterative models MUST override it."""
+        return None
+
+    def configure_inverse(self, settings: InverseSettings) -> None:
+        """Use the inverse ``settings`` from now on (iterative inverses only); ``config()`` MUST reflect them.
+        Raises ``ValueError`` for a change the model cannot honour."""
+        raise UnsupportedCapability(f"{type(self).__name__} has an analytic inverse; nothing to configure")
 
     def set_memory_saving(self, enabled: bool) -> None:
         """Switch memory-saving backprop on or off (``capabilities.memory_saving`` models only)."""

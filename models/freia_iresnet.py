@@ -19,7 +19,8 @@ with a truncated power series and Hutchinson probes, and ``F^-1(y)`` is the fixe
    exposes it). The contract's ``ladj`` is the forward one, so ``log_prob`` is unaffected.
 4. **Fixed-count inverse.** ``fixed_point_iterations`` (50) iterations, no tolerance, no convergence report:
    the adapter records the iteration count and the measured residual ``max_b ||y - (x + g(x))||`` in
-   ``last_inverse`` and calls it converged when that is <= ``inverse_tol`` (1e-5).
+   ``last_inverse`` and calls it converged when that is <= ``inverse_tol`` (1e-5). The count and the tolerance
+   are the model's :class:`~models.base.InverseSettings` (``max_iter``, ``tol``); the solver is plain iteration.
 5. **Mutates the caller's input.** When its input is a leaf tensor it sets ``requires_grad = True`` on it (to
    take the vector-Jacobian products), so ``model(x)`` flips ``x.requires_grad`` for the caller's ``x``.
 
@@ -33,14 +34,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import FrEIA.framework as Ff
 import FrEIA.modules as Fm
 import torch
 from torch import Tensor
 
-from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.base import Capabilities, EstimatorSettings, InverseInfo, InverseSettings, InvertibleModel, refuse_changes
 from models.freia_flows import as_ladj, init_actnorms, numpy_seeded_from_torch
 
 
@@ -77,6 +78,8 @@ class IResNetFreia(InvertibleModel):
         fixed_point_iterations: iterations of the inverse.
         lipschitz_iterations: power iterations per ``lipschitz_correction()``.
         spectral_norm_max: the bound ``c`` each weight matrix is rescaled to.
+        inverse_tol: residual ``max_b ||y - (x + g(x))||`` at or below which a block's inverse counts as converged
+            (FrEIA has no tolerance: it only decides the ``converged`` report).
     """
 
     family = "iresnet"
@@ -86,17 +89,17 @@ class IResNetFreia(InvertibleModel):
     roundtrip_tol: ClassVar[float] = 1e-6
     #: the estimator's bias against the exact log-det: the power series truncated after 20 terms
     logdet_tol: ClassVar[float] = 1e-3
-    #: residual ``max_b ||y - (x + g(x))||`` below which a block's inverse counts as converged
-    inverse_tol: ClassVar[float] = 1e-5
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int | None = None,
                  internal_layers: int = 1, actnorm: bool = False, jacobian_iterations: int = 10,
                  hutchinson_samples: int = 1, fixed_point_iterations: int = 50, lipschitz_iterations: int = 10,
-                 spectral_norm_max: float = 0.8) -> None:
+                 spectral_norm_max: float = 0.8, inverse_tol: float = 1e-5) -> None:
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, internal_layers=internal_layers,
                          actnorm=actnorm, jacobian_iterations=jacobian_iterations,
                          hutchinson_samples=hutchinson_samples, fixed_point_iterations=fixed_point_iterations,
-                         lipschitz_iterations=lipschitz_iterations, spectral_norm_max=spectral_norm_max)
+                         lipschitz_iterations=lipschitz_iterations, spectral_norm_max=spectral_norm_max,
+                         inverse_tol=inverse_tol)
+        self.solve = InverseSettings(solver="fixed_point", tol=inverse_tol, max_iter=fixed_point_iterations)
         width = hidden if hidden is not None else (64 if self.input_kind == "vector" else 16)
         with numpy_seeded_from_torch():
             self.inn = Ff.SequenceINN(*self.shape)
@@ -174,8 +177,9 @@ class IResNetFreia(InvertibleModel):
                 out, _ = m([h], rev=True, jac=True)
                 x_block = out[0]
             h = x_block
+        tol = self.solve.tol if self.solve.tol is not None else 1e-5
         self.last_inverse = InverseInfo(iterations=max(per_block, default=0), residual=worst,
-                                        converged=worst <= self.inverse_tol, per_block=per_block)
+                                        converged=worst <= tol, per_block=per_block)
         return h
 
     def library_inverse_logdet(self, z: Tensor) -> Tensor:
@@ -198,32 +202,37 @@ class IResNetFreia(InvertibleModel):
         """Initialise every ``ActNorm`` (if ``actnorm``) on its own input, walking ``x``: (B, *shape)."""
         init_actnorms(self.inn, x)
 
-    # ------------------------------------------------------------------------------------------- estimator
-    def estimator_settings(self) -> dict[str, Any]:
-        """``terms`` (FrEIA's ``jacobian_iterations``), ``probes`` (``hutchinson_samples``) and the fixed choices."""
+    # ------------------------------------------------------------------------------------------- settings
+    def estimator_settings(self) -> EstimatorSettings:
+        """FrEIA's estimator: the truncated series with ``terms`` = ``jacobian_iterations`` and ``probes`` =
+        ``hutchinson_samples`` Rademacher probes (the other fields at their defaults, which FrEIA does not read)."""
         first = self.blocks[0] if self.blocks else None
-        return {
-            "terms": int(first.jacobian_iterations) if first else 0,
-            "probes": int(first.hutchinson_samples) if first else 0,
-            "probe_distribution": "rademacher",
-            "series": "power series, truncated (biased)",
-            "russian_roulette": False,
-        }
+        terms = int(first.jacobian_iterations) if first else int(self._hparams["jacobian_iterations"])
+        probes = int(first.hutchinson_samples) if first else int(self._hparams["hutchinson_samples"])
+        return EstimatorSettings(method="series", terms=terms, probes=probes, probe="rademacher")
 
-    def configure_estimator(self, **settings: Any) -> None:
-        """Set ``terms`` -> ``jacobian_iterations`` and/or ``probes`` -> ``hutchinson_samples`` on every block."""
-        unknown = set(settings) - {"terms", "probes"}
-        if unknown:
-            raise ValueError(f"unknown estimator settings {sorted(unknown)}; expected 'terms' and/or 'probes'")
-        for key, attr, hparam in (("terms", "jacobian_iterations", "jacobian_iterations"),
-                                  ("probes", "hutchinson_samples", "hutchinson_samples")):
-            if key in settings:
-                value = int(settings[key])
-                if value < 1:
-                    raise ValueError(f"{key} must be >= 1, got {value}")
-                for block in self.blocks:
-                    setattr(block, attr, value)
-                self._hparams[hparam] = value
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        """Set ``jacobian_iterations`` and ``hutchinson_samples`` on every block; FrEIA has nothing else to set."""
+        refuse_changes(self.estimator_settings(), settings, ("terms", "probes"), "FrEIA's IResNetLayer")
+        for block in self.blocks:
+            block.jacobian_iterations = settings.terms
+            block.hutchinson_samples = settings.probes
+        self._hparams.update(jacobian_iterations=settings.terms, hutchinson_samples=settings.probes)
+
+    def inverse_settings(self) -> InverseSettings:
+        """Plain iteration, ``max_iter`` = ``fixed_point_iterations`` (always all of them), ``tol`` =
+        ``inverse_tol`` (only for the ``converged`` report)."""
+        return self.solve
+
+    def configure_inverse(self, settings: InverseSettings) -> None:
+        """Set ``fixed_point_iterations`` on every block and the tolerance of the report; FrEIA has one solver."""
+        refuse_changes(self.solve, settings, ("tol", "max_iter"), "FrEIA's IResNetLayer")
+        if settings.tol is None:
+            raise ValueError("FrEIA's IResNetLayer needs an explicit tol (it has no dtype default)")
+        for block in self.blocks:
+            block.fixed_point_iterations = settings.max_iter
+        self.solve = settings
+        self._hparams.update(fixed_point_iterations=settings.max_iter, inverse_tol=settings.tol)
 
     def known_defects(self) -> dict[str, str]:
         return {

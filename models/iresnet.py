@@ -25,6 +25,7 @@ gradient, ``c = 0.98``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -34,14 +35,24 @@ from torch import Tensor, nn
 
 from models.activations import Activation, make_activation
 from models.actnorm import ActNorm
-from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.base import (
+    Capabilities,
+    EstimatorMethod,
+    EstimatorSettings,
+    InverseInfo,
+    InverseSettings,
+    InvertibleModel,
+    ProbeKind,
+    SolverKind,
+    TailKind,
+    VjpKind,
+)
 from models.fixed_point import SolveResult, anderson, fixed_point, ieee_fp32
-from models.logdet_estimators import VJP, EstimatorSettings, block_logdet
+from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
 
 InitMode = Literal["lazy", "force", "never"]
-SOLVERS = ("fixed_point", "anderson")
 
 
 class ResidualNet(nn.Module):
@@ -167,7 +178,7 @@ class ResidualBlock(nn.Module):
         return x + gx, block_logdet(vjp, x, settings, generator)
 
     @torch.no_grad()
-    def inverse(self, y: Tensor, solver: str = "fixed_point", atol: float = 1e-10, rtol: float = 1e-10,
+    def inverse(self, y: Tensor, solver: SolverKind = "fixed_point", atol: float = 1e-10, rtol: float = 1e-10,
                 max_iter: int = 1000, memory: int = 5) -> tuple[Tensor, SolveResult]:
         """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result).
 
@@ -200,6 +211,8 @@ class ResidualFlow(InvertibleModel):
         n_power_iterations: spectral-norm power-iteration steps per training forward.
         method, terms, exact_terms, probes, probe, tail, tail_param, max_terms, neumann_grad, vjp, eval_seed:
             the log-det estimator, see :class:`models.logdet_estimators.EstimatorSettings`.
+        solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
+            (``inverse_tol`` is its ``tol``).
         solver: ``"fixed_point"`` or ``"anderson"``.
         inverse_tol: ``tol`` of each block's solve, which stops at ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)``
             (``None``: 1e-10 in float64, 1e-6 otherwise; the reconstruction error is up to ``Lip(g) / (1 - Lip(g))``
@@ -214,50 +227,37 @@ class ResidualFlow(InvertibleModel):
                                                         classifier=True, inputs=("vector", "image"))
     roundtrip_tol: ClassVar[float] = 1e-7
     logdet_tol: ClassVar[float] = 1e-6
-    defaults: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, shape: Sequence[int], num_classes: int | None = None, **hparams: Any) -> None:
-        cfg = self._resolve(hparams)
-        super().__init__(shape, num_classes, **cfg)
-        settings_keys = set(EstimatorSettings().as_dict())
-        self.settings = EstimatorSettings(**{k: v for k, v in cfg.items() if k in settings_keys})
-        self._check_inverse_settings(cfg)
-        self.n_squeeze = self._n_squeeze(cfg["squeeze"])
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
+                 hidden_layers: int = 2, coeff: float = 0.9, activation: str = "elu", actnorm: bool = True,
+                 squeeze: int | None = None, n_power_iterations: int = 1,
+                 method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2, probes: int = 1,
+                 probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
+                 max_terms: int = 100, neumann_grad: bool = False, vjp: VjpKind = "analytic",
+                 eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
+                 max_iter: int = 1000, anderson_memory: int = 5) -> None:
+        if depth < 1 or hidden < 1 or hidden_layers < 1:
+            raise ValueError("depth, hidden and hidden_layers must be >= 1")
+        settings = EstimatorSettings(method=method, terms=terms, exact_terms=exact_terms, probes=probes, probe=probe,
+                                     tail=tail, tail_param=tail_param, max_terms=max_terms,
+                                     neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed)
+        solve = InverseSettings(solver=solver, tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)
+        super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
+                         activation=activation, actnorm=actnorm, squeeze=squeeze,
+                         n_power_iterations=n_power_iterations, **settings.as_dict(), **_inverse_hparams(solve))
+        self.settings = settings
+        self.solve = solve
+        self.n_squeeze = self._n_squeeze(squeeze)
         self.inner_shape = self._inner_shape()
         self.actnorms = nn.ModuleList(
-            [ActNorm(self.inner_shape[0]) if cfg["actnorm"] else nn.Identity() for _ in range(cfg["depth"])])
+            [ActNorm(self.inner_shape[0]) if actnorm else nn.Identity() for _ in range(depth)])
         self.blocks = nn.ModuleList([
-            ResidualBlock(ResidualNet(self.inner_shape, cfg["hidden"], cfg["coeff"], cfg["activation"],
-                                      cfg["hidden_layers"], cfg["n_power_iterations"]))
-            for _ in range(cfg["depth"])])
+            ResidualBlock(ResidualNet(self.inner_shape, hidden, coeff, activation, hidden_layers, n_power_iterations))
+            for _ in range(depth)])
         assert self.num_classes is not None
         self.head = nn.Linear(self.dim, self.num_classes)
 
     # ------------------------------------------------------------------------------ configuration
-    @classmethod
-    def _resolve(cls, hparams: dict[str, Any]) -> dict[str, Any]:
-        base: dict[str, Any] = {
-            "depth": 4, "hidden": 64, "hidden_layers": 2, "coeff": 0.9, "activation": "elu", "actnorm": True,
-            "squeeze": None, "n_power_iterations": 1, "solver": "fixed_point", "inverse_tol": None,
-            "max_iter": 1000, "anderson_memory": 5,
-        }
-        base.update(EstimatorSettings().as_dict())
-        base.update(cls.defaults)
-        unknown = set(hparams) - set(base)
-        if unknown:
-            raise TypeError(f"{cls.__name__} got unknown hyper-parameter(s) {sorted(unknown)}")
-        base.update(hparams)
-        if int(base["depth"]) < 1 or int(base["hidden"]) < 1 or int(base["hidden_layers"]) < 1:
-            raise ValueError("depth, hidden and hidden_layers must be >= 1")
-        return base
-
-    @staticmethod
-    def _check_inverse_settings(cfg: dict[str, Any]) -> None:
-        if cfg["solver"] not in SOLVERS:
-            raise ValueError(f"unknown solver {cfg['solver']!r}; choose from {SOLVERS}")
-        if int(cfg["max_iter"]) < 1 or int(cfg["anderson_memory"]) < 1:
-            raise ValueError("max_iter and anderson_memory must be >= 1")
-
     def _n_squeeze(self, n_squeeze: int | None) -> int:
         if len(self.shape) == 1:
             return 0
@@ -273,24 +273,23 @@ class ResidualFlow(InvertibleModel):
         c, h, w = self.shape
         return squeezed_shape((c, h, w), self.n_squeeze)
 
-    def estimator_settings(self) -> dict[str, Any]:
-        """The log-det estimator's settings, see :class:`models.logdet_estimators.EstimatorSettings`."""
-        return self.settings.as_dict()
+    def estimator_settings(self) -> EstimatorSettings:
+        """The log-det estimator of every block (also in ``config()``)."""
+        return self.settings
 
-    def configure_estimator(self, **settings: Any) -> None:
-        """Change the log-det estimator, e.g. ``configure_estimator(method="exact")`` or ``terms=10, probes=4``."""
-        self.settings = self.settings.updated(**settings)
-        self._hparams.update(settings)
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        """Use ``settings`` from now on, e.g. ``dataclasses.replace(model.estimator_settings(), terms=10)``."""
+        self.settings = settings
+        self._hparams.update(settings.as_dict())
 
-    def configure_inverse(self, **settings: Any) -> None:
-        """Change the inverse: ``solver``, ``inverse_tol``, ``max_iter``, ``anderson_memory``."""
-        allowed = {"solver", "inverse_tol", "max_iter", "anderson_memory"}
-        unknown = set(settings) - allowed
-        if unknown:
-            raise ValueError(f"unknown inverse setting(s) {sorted(unknown)}; known: {sorted(allowed)}")
-        cfg = {**self._hparams, **settings}
-        self._check_inverse_settings(cfg)
-        self._hparams.update(settings)
+    def inverse_settings(self) -> InverseSettings:
+        """The per-block solve: solver, ``tol`` (hyper-parameter ``inverse_tol``), ``max_iter``, Anderson memory."""
+        return self.solve
+
+    def configure_inverse(self, settings: InverseSettings) -> None:
+        """Use ``settings`` for every block's solve from now on (both solvers are implemented)."""
+        self.solve = settings
+        self._hparams.update(_inverse_hparams(settings))
 
     # ------------------------------------------------------------------------------ the flow
     def _pre(self, x: Tensor) -> Tensor:
@@ -339,7 +338,7 @@ class ResidualFlow(InvertibleModel):
 
     def exact_logdet(self, x: Tensor) -> Tensor:
         """Exact ``log|det dz/dx|`` from each block's full Jacobian. ``x``: (B, *shape) -> (B,). Small D only."""
-        exact = self.settings.updated(method="exact", neumann_grad=False)
+        exact = dataclasses.replace(self.settings, method="exact", neumann_grad=False)
         ladj = self._transform(x, exact, update=False, init="never")[1]
         assert ladj is not None
         return ladj
@@ -355,9 +354,8 @@ class ResidualFlow(InvertibleModel):
         return self.head(z.reshape(z.shape[0], -1))
 
     def _inverse_tol(self, dtype: torch.dtype) -> float:
-        tol = self._hparams["inverse_tol"]
-        if tol is not None:
-            return float(tol)
+        if self.solve.tol is not None:
+            return float(self.solve.tol)
         return 1e-10 if dtype == torch.float64 else 1e-6
 
     def inverse(self, z: Tensor) -> Tensor:
@@ -373,8 +371,8 @@ class ResidualFlow(InvertibleModel):
         with torch.no_grad():
             for norm, block in zip(reversed(self.actnorms), reversed(self.blocks), strict=True):
                 assert isinstance(block, ResidualBlock)
-                h, res = block.inverse(h, self._hparams["solver"], tol, tol, int(self._hparams["max_iter"]),
-                                       int(self._hparams["anderson_memory"]))
+                h, res = block.inverse(h, self.solve.solver, tol, tol, self.solve.max_iter,
+                                       self.solve.anderson_memory)
                 info.per_block.append(res.iterations)
                 info.history.extend(res.history)
                 info.iterations = max(info.iterations, res.iterations)
@@ -387,18 +385,35 @@ class ResidualFlow(InvertibleModel):
 
 
 class IResNetNative(ResidualFlow):
-    """i-ResNet (Behrmann et al., ICML 2019): ELU, truncated series log-det (5 terms, 1 probe), ``c = 0.9``."""
+    """i-ResNet (Behrmann et al., ICML 2019): ELU, truncated series log-det (5 terms, 1 probe), ``c = 0.9``: the
+    defaults of :class:`ResidualFlow`."""
 
     family = "iresnet"
-    defaults: ClassVar[dict[str, Any]] = {"activation": "elu", "coeff": 0.9, "method": "series", "terms": 5,
-                                          "probes": 1, "neumann_grad": False}
 
 
 class ResFlowNative(ResidualFlow):
     """Residual Flow (Chen et al., NeurIPS 2019): LipSwish, roulette log-det (2 exact terms + Geom(0.5) tail),
-    Neumann gradient, ``c = 0.98``."""
+    Neumann gradient, ``c = 0.98``. Arguments as :class:`ResidualFlow`, with these defaults."""
 
     family = "resflow"
-    defaults: ClassVar[dict[str, Any]] = {"activation": "lipswish", "coeff": 0.98, "method": "roulette",
-                                          "exact_terms": 2, "tail": "geometric", "tail_param": 0.5,
-                                          "neumann_grad": True}
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
+                 hidden_layers: int = 2, coeff: float = 0.98, activation: str = "lipswish", actnorm: bool = True,
+                 squeeze: int | None = None, n_power_iterations: int = 1,
+                 method: EstimatorMethod = "roulette", terms: int = 5, exact_terms: int = 2, probes: int = 1,
+                 probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
+                 max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
+                 eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
+                 max_iter: int = 1000, anderson_memory: int = 5) -> None:
+        super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
+                         activation=activation, actnorm=actnorm, squeeze=squeeze,
+                         n_power_iterations=n_power_iterations, method=method, terms=terms, exact_terms=exact_terms,
+                         probes=probes, probe=probe, tail=tail, tail_param=tail_param, max_terms=max_terms,
+                         neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed, solver=solver,
+                         inverse_tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)
+
+
+def _inverse_hparams(settings: InverseSettings) -> dict[str, Any]:
+    """The constructor arguments of :class:`ResidualFlow` that hold ``settings``."""
+    return {"solver": settings.solver, "inverse_tol": settings.tol, "max_iter": settings.max_iter,
+            "anderson_memory": settings.anderson_memory}

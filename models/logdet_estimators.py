@@ -15,90 +15,24 @@ so the terms reuse one graph. Result shapes are (B,).
   graph, and the gradient of ``log det(I + J) = tr((I + J)^{-1} dJ)`` is estimated by
   ``w^T dJ v`` with ``w^T = sum_{k=0}^{N-1} (-1)^k v^T J^k / P(N >= k + 1)`` (computed without a graph) through one
   differentiable vjp, so the memory does not grow with the number of terms.
+
+The settings of all of them are one :class:`models.base.EstimatorSettings` (part of the model contract).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from models.base import EstimatorSettings
+
+__all__ = ["VJP", "EstimatorSettings", "block_logdet", "exact_logdet", "neumann_series", "power_series",
+           "roulette_weights", "sample_probes", "sample_tail", "tail_survival"]
+
 VJP = Callable[[Tensor], Tensor]
-
-METHODS = ("exact", "series", "roulette")
-PROBES = ("gaussian", "rademacher")
-TAILS = ("geometric", "poisson")
-
-
-@dataclass
-class EstimatorSettings:
-    """The log-det estimator of every residual block in a model.
-
-    Attributes:
-        method: ``"exact"``, ``"series"`` or ``"roulette"``.
-        terms: number of power-series terms (``series``).
-        exact_terms: ``n0``, terms always computed (``roulette``).
-        probes: Hutchinson probes per example.
-        probe: ``"gaussian"`` or ``"rademacher"``.
-        tail: ``"geometric"`` (``T ~ Geom(p)`` on {1, 2, ...}, ``E[N] = n0 + 1/p``) or ``"poisson"``
-            (``T ~ Poisson(lambda)``, ``E[N] = n0 + lambda``) (``roulette``).
-        tail_param: ``p`` or ``lambda``.
-        max_terms: hard cap on ``N`` for ``roulette`` (a guard against a huge draw; the estimator is unbiased only
-            up to the mass beyond it, ``P(N > max_terms)``).
-        neumann_grad: estimate the gradient with the Neumann series instead of backpropagating through the terms
-            (``series`` and ``roulette``).
-        vjp: ``"analytic"`` (explicit transposed chain through the saved activations' derivatives, an ordinary
-            differentiable expression) or ``"autograd"`` (``torch.autograd.grad`` with ``create_graph=True`` when a
-            gradient is needed); both give the same numbers.
-        eval_seed: ``None`` (default): probes and roulette draws come from torch's global RNG in every mode
-            (seed it for reproducible draws); an int: in eval mode they come from a generator seeded with it on
-            every call, so eval log-dets are repeatable (common random numbers across models/checkpoints).
-    """
-
-    method: str = "series"
-    terms: int = 5
-    exact_terms: int = 2
-    probes: int = 1
-    probe: str = "gaussian"
-    tail: str = "geometric"
-    tail_param: float = 0.5
-    max_terms: int = 100
-    neumann_grad: bool = False
-    vjp: str = "analytic"
-    eval_seed: int | None = None
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown log-det method {self.method!r}; choose from {METHODS}")
-        if self.probe not in PROBES:
-            raise ValueError(f"unknown probe {self.probe!r}; choose from {PROBES}")
-        if self.tail not in TAILS:
-            raise ValueError(f"unknown roulette tail {self.tail!r}; choose from {TAILS}")
-        if self.vjp not in ("analytic", "autograd"):
-            raise ValueError(f"vjp must be 'analytic' or 'autograd', got {self.vjp!r}")
-        if self.terms < 1 or self.exact_terms < 0 or self.probes < 1 or self.max_terms < 1:
-            raise ValueError("terms and probes must be >= 1, exact_terms >= 0")
-        if self.tail == "geometric" and not 0 < self.tail_param <= 1:
-            raise ValueError(f"geometric p must lie in (0, 1], got {self.tail_param}")
-        if self.tail == "poisson" and self.tail_param <= 0:
-            raise ValueError(f"poisson lambda must be positive, got {self.tail_param}")
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def updated(self, **changes: Any) -> EstimatorSettings:
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ValueError(f"unknown estimator setting(s) {sorted(unknown)}; known: {sorted(known)}")
-        return EstimatorSettings(**{**self.as_dict(), **changes})
 
 
 def sample_probes(shape: Sequence[int], kind: str, like: Tensor, generator: torch.Generator | None) -> Tensor:

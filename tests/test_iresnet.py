@@ -6,7 +6,9 @@ Invertible Generative Modeling", NeurIPS 2019.
 
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,8 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bench.suite import SuiteError, parse_suite, validate_names
 from models.activations import ELU, LipSwish
 from models.actnorm import ActNorm
+from models.base import InverseSettings
 from models.iresnet import IResNetNative, ResFlowNative, ResidualBlock, ResidualFlow, ResidualNet
 from models.jacobian import jacobian_slogdet
 from models.logdet_estimators import (
@@ -30,7 +34,7 @@ from models.squeeze import squeeze, unsqueeze
 
 MODELS = [IResNetNative, ResFlowNative]
 SHAPES = [(3,), (1, 4, 4)]
-SMALL = {"depth": 2, "hidden": 16}
+SMALL: dict[str, Any] = {"depth": 2, "hidden": 16}
 
 
 def saturate(module: nn.Module, factor: float = 10.0, iterations: int = 200) -> None:
@@ -125,7 +129,7 @@ def test_series_bias_shrinks_with_terms() -> None:
     exact = model.exact_logdet(x)
     biases, errors = [], []
     for terms in (1, 2, 10):
-        model.configure_estimator(terms=terms)
+        model.configure_estimator(replace(model.estimator_settings(), terms=terms))
         est = _estimates(model, x, rounds=6)
         diff = est.mean(dim=0) - exact
         biases.append(diff.abs().mean().item())
@@ -148,7 +152,7 @@ def test_roulette_is_unbiased(tail: str) -> None:
     se = est.std() / math.sqrt(est.numel())
     assert (est.mean() - exact).abs() < 3 * se
     # the test has power: truncating after the n0 always-computed terms is detectably biased
-    model.configure_estimator(method="series", terms=2, probes=400)
+    model.configure_estimator(replace(model.estimator_settings(), method="series", terms=2, probes=400))
     trunc = _estimates(model, x, rounds=10).mean(dim=1)
     assert (trunc.mean() - exact).abs() > 3 * se + 3 * trunc.std() / math.sqrt(trunc.numel())
 
@@ -172,22 +176,39 @@ def test_eval_seed_makes_the_estimate_repeatable() -> None:
     l3 = model(x)[1]
     torch.manual_seed(11)
     assert torch.equal(model(x)[1], l3)  # the global RNG drives it
-    model.configure_estimator(eval_seed=0)
+    model.configure_estimator(replace(model.estimator_settings(), eval_seed=0))
     assert torch.equal(model(x)[1], model(x)[1])
     model.train()
     assert not torch.equal(model(x)[1], model(x)[1])  # training draws fresh probes regardless
 
 
-def test_configure_estimator_validates_and_updates_config() -> None:
+def test_configure_estimator_and_inverse_update_config() -> None:
     model = make(IResNetNative, (3,))
-    model.configure_estimator(terms=7, probe="rademacher")
-    assert model.estimator_settings()["terms"] == 7
+    model.configure_estimator(replace(model.estimator_settings(), terms=7, probe="rademacher"))
+    model.configure_inverse(InverseSettings(solver="anderson", tol=1e-7, max_iter=30, anderson_memory=3))
+    assert model.estimator_settings().terms == 7 and model.estimator_settings().probe == "rademacher"
+    assert model.config()["terms"] == 7 and model.config()["inverse_tol"] == 1e-7
     rebuilt = IResNetNative(**model.config())
     assert rebuilt.estimator_settings() == model.estimator_settings()
-    with pytest.raises(ValueError, match="unknown estimator setting"):
-        model.configure_estimator(nterms=3)
+    assert rebuilt.inverse_settings() == model.inverse_settings()
+    assert rebuilt.inverse_settings() == InverseSettings("anderson", 1e-7, 30, 3)
+    with pytest.raises(TypeError):
+        replace(model.estimator_settings(), nterms=3)  # type: ignore[call-arg]
     with pytest.raises(ValueError, match="unknown log-det method"):
-        model.configure_estimator(method="magic")
+        replace(model.estimator_settings(), method="magic")  # type: ignore[arg-type]
+
+
+def test_cost_knobs_and_precision_bounds() -> None:
+    series, roulette = IResNetNative((2,)).estimator_settings(), ResFlowNative((2,)).estimator_settings()
+    assert series.cost_knobs() == ("terms", "probes") and roulette.cost_knobs() == ("exact_terms", "probes")
+    assert EstimatorSettings(method="exact").cost_knobs() == ()
+    assert series.work() == 5 and roulette.work() == 2 + 1 / 0.5  # n0 + E[Geom(0.5)] = 4 terms, 1 probe
+    high = series.at_least(terms=20, exact_terms=20, probes=8)
+    assert (high.terms, high.probes, high.exact_terms) == (20, 8, series.exact_terms)  # exact_terms: not a knob
+    assert roulette.at_least(terms=20, exact_terms=20, probes=8).knobs() == {"exact_terms": 20, "probes": 8}
+    assert series.at_most(terms=1, probes=1).changes_from(series) == {"terms": 1}
+    with pytest.raises(ValueError, match="not cost knobs"):
+        series.at_least(tail_param=3)
 
 
 # ------------------------------------------------------------------------------------------ gradients
@@ -353,7 +374,7 @@ def test_inverse_with_c_above_one_reports_not_converged() -> None:
     _, info = model.invert(z)
     assert not info.converged
     assert max(info.per_block) == 60 or not math.isfinite(info.residual) or info.residual > 1e-6
-    model.configure_inverse(solver="anderson")
+    model.configure_inverse(replace(model.inverse_settings(), solver="anderson"))
     _, info = model.invert(z)
     assert not info.converged
 
@@ -408,12 +429,12 @@ def test_config_rebuilds_and_state_dict_round_trips() -> None:
 
 def test_defaults_differ_as_the_papers_do() -> None:
     ires, resflow = IResNetNative((2,)), ResFlowNative((2,))
-    assert ires.estimator_settings()["method"] == "series" and not ires.estimator_settings()["neumann_grad"]
-    assert resflow.estimator_settings()["method"] == "roulette" and resflow.estimator_settings()["neumann_grad"]
+    assert ires.estimator_settings().method == "series" and not ires.estimator_settings().neumann_grad
+    assert resflow.estimator_settings().method == "roulette" and resflow.estimator_settings().neumann_grad
     assert isinstance(net_of(ires).acts[0], ELU) and isinstance(net_of(resflow).acts[0], LipSwish)
     assert ires.config()["coeff"] == 0.9 and resflow.config()["coeff"] == 0.98
-    with pytest.raises(TypeError, match="unknown hyper-parameter"):
-        IResNetNative((2,), width=3)
+    with pytest.raises(TypeError, match="width"):
+        IResNetNative((2,), width=3)  # type: ignore[call-arg]
 
 
 def test_squeeze_is_a_permutation() -> None:
@@ -443,9 +464,30 @@ def test_lipswish_derivative_and_lipschitz_bound() -> None:
 
 def test_estimator_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError):
-        EstimatorSettings(probe="uniform")
+        EstimatorSettings(probe="uniform")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         EstimatorSettings(tail="geometric", tail_param=1.5)
+    with pytest.raises(ValueError, match="solver"):
+        InverseSettings(solver="newton")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_iter"):
+        InverseSettings(max_iter=0)
+
+
+@pytest.mark.parametrize("cls", MODELS)
+def test_hyper_parameters_are_explicit_keywords(cls: type[ResidualFlow]) -> None:
+    """No ``**kwargs``: the suite checks hyper-parameter names against the signature before anything runs."""
+    params = inspect.signature(cls.__init__).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    model = cls((2,))
+    assert set(model.config()) == set(params) - {"self"}  # shape, num_classes (a classifier: 10) and all
+    assert set(EstimatorSettings().as_dict()) <= set(params)
+
+
+def test_suite_rejects_a_misspelt_hyper_parameter_with_did_you_mean() -> None:
+    data = {"name": "typo", "models": {"iresnet-native": {"depht": 4}}, "tasks": ["inverse_cost"],
+            "datasets": ["moons"]}
+    with pytest.raises(SuiteError, match=r"depht.*did you mean depth"):
+        validate_names(parse_suite(data))
 
 
 def test_inverse_solves_without_tf32_and_restores_the_flags(monkeypatch: pytest.MonkeyPatch) -> None:

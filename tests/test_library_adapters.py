@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import FrEIA.modules as Fm
 import numpy as np
@@ -13,7 +14,7 @@ import torch
 from torch import Tensor
 
 from models import registry
-from models.base import InvertibleModel, standard_normal_log_prob
+from models.base import InverseSettings, InvertibleModel, standard_normal_log_prob
 from models.freia_flows import GlowFreia, NiceFreia, RealNVPFreia, as_ladj
 from models.freia_iresnet import IResNetFreia
 from models.jacobian import jacobian_slogdet
@@ -303,7 +304,7 @@ def test_iresnet_round_trip_reports_fixed_iterations_and_residual(shape: tuple[i
     assert _max_abs(z - x) > 1e-2
     assert _max_abs(x_rec - x) <= IResNetFreia.roundtrip_tol
     assert info.iterations == 50 and info.per_block == [50, 50]
-    assert info.converged and info.residual <= IResNetFreia.inverse_tol
+    assert info.converged and info.residual <= 1e-5 and model.inverse_settings().tol == 1e-5
 
 
 def test_iresnet_inverse_says_when_it_has_not_converged() -> None:
@@ -312,7 +313,20 @@ def test_iresnet_inverse_says_when_it_has_not_converged() -> None:
     with torch.no_grad():
         z, _ = model(_x((4,)) * 3)
         _, info = model.invert(z)
-    assert info.iterations == 2 and not info.converged and info.residual > IResNetFreia.inverse_tol
+    assert info.iterations == 2 and not info.converged and info.residual > 1e-5
+
+
+def test_iresnet_configure_inverse_sets_the_iteration_count() -> None:
+    model = _iresnet((4,)).eval()
+    _to_the_bound(model)
+    z = model.encode(_x((4,)) * 3).detach()
+    assert model.inverse_settings() == InverseSettings(solver="fixed_point", tol=1e-5, max_iter=50)
+    model.configure_inverse(replace(model.inverse_settings(), max_iter=3))
+    _, info = model.invert(z)
+    assert info.per_block == [3, 3] and all(b.fixed_point_iterations == 3 for b in model.blocks)
+    assert IResNetFreia(**model.config()).inverse_settings() == model.inverse_settings()
+    with pytest.raises(ValueError, match="cannot change solver='anderson'"):
+        model.configure_inverse(replace(model.inverse_settings(), solver="anderson"))
 
 
 @pytest.mark.parametrize(("shape", "draws", "actnorm"), [((1,), 1, False), ((4,), 64, False), ((4,), 32, True),
@@ -406,14 +420,15 @@ def test_iresnet_works_under_no_grad_and_flips_the_callers_requires_grad() -> No
 
 def test_iresnet_configure_estimator_maps_to_freia_settings() -> None:
     model = _iresnet((4,))
-    assert model.estimator_settings()["terms"] == 10 and model.estimator_settings()["probes"] == 1
-    model.configure_estimator(terms=7, probes=3)
+    settings = model.estimator_settings()
+    assert (settings.method, settings.terms, settings.probes, settings.probe) == ("series", 10, 1, "rademacher")
+    model.configure_estimator(replace(settings, terms=7, probes=3))
     assert all(b.jacobian_iterations == 7 and b.hutchinson_samples == 3 for b in model.blocks)
-    assert model.estimator_settings()["terms"] == 7 and model.estimator_settings()["probes"] == 3
+    assert model.estimator_settings() == replace(settings, terms=7, probes=3)
     cfg = model.config()
     assert cfg["jacobian_iterations"] == 7 and cfg["hutchinson_samples"] == 3
-    with pytest.raises(ValueError, match="unknown"):
-        model.configure_estimator(roulette=True)
+    with pytest.raises(ValueError, match="cannot change method='roulette'"):
+        model.configure_estimator(replace(settings, method="roulette"))
 
 
 def test_iresnet_actnorm_variant_standardises_and_its_log_det_has_a_gradient() -> None:
