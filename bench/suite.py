@@ -105,6 +105,8 @@ class Suite:
     seeds: list[int]
     budget: Budget = field(default_factory=Budget)
     model_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: where each model's hyper-parameters were written: "hparams" ([hparams."name"]) or "models" ([models."name"])
+    hparams_tables: dict[str, str] = field(default_factory=dict)
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     timeout: float | None = None
     device: str = "auto"
@@ -273,6 +275,7 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
         if "all" not in models and m not in models:
             raise c.fail(p, f"{m!r} is not one of the suite's models{_near(m, models)}")
         model_options[m] = dict(_expect(c, p, hp, (dict,), "a table of hyper-parameters"))
+    tables = {m: ("hparams" if m in hparams else "models") for m in model_options}
 
     if "datasets" not in data:
         raise c.fail("datasets", "missing (a list of data set names or a table of them)")
@@ -318,7 +321,8 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
         if k not in SLURM_FIELDS:
             raise c.fail(f"slurm.{k}", f"unknown field{_near(k, SLURM_FIELDS)} (fields: {', '.join(SLURM_FIELDS)})")
     return Suite(name=name, description=description, models=models, datasets=datasets, tasks=tasks, seeds=seeds,
-                 budget=budget, model_options=model_options, task_options=task_options, timeout=timeout,
+                 budget=budget, model_options=model_options, hparams_tables=tables, task_options=task_options,
+                 timeout=timeout,
                  device=device, slurm=slurm, source=source)
 
 
@@ -443,8 +447,9 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
         _check_model(c, path, m, model_names)
         expanded.append(m)
     for m, hp in suite.model_options.items():
-        _check_model(c, f"hparams.{_key(m)}", m, model_names)
-        _check_hparams(c, f"hparams.{_key(m)}", m, hp)
+        table = suite.hparams_tables.get(m, "hparams")
+        _check_model(c, f"{table}.{_key(m)}", m, model_names)
+        _check_hparams(c, f"{table}.{_key(m)}", m, hp)
     models = list(dict.fromkeys(expanded))
     if not models:
         raise c.fail("models", "no models (the registry is empty?)")

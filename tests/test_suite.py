@@ -93,7 +93,7 @@ ERRORS = [
      "got boolean True"),
     ("datasets = ['moons']\n[budget]\nstps = 3\n", "suite quick.toml: budget.stps: unknown budget field 'stps'; "
      "did you mean steps?"),
-    ("datasets = ['moons']\n[budget]\nsteps = -1\n", "suite quick.toml: budget.steps: must be positive, got -1"),
+    ("datasets = ['moons']\n[budget]\nsteps = -1\n", "suite quick.toml: budget.steps: must be >= 0"),
     ("datasets = ['moons']\n[budget]\nlr = 'big'\n", "suite quick.toml: budget.lr: expected a positive number, "
      "got string 'big'"),
     ("datasets = ['moons']\ndevice = 'gpu'\n", "suite quick.toml: device: expected one of auto, cpu, cuda, got 'gpu'"),
@@ -108,6 +108,12 @@ ERRORS = [
      f"hyper-parameter of {LINEAR}; did you mean seed?"),
     (f"[datasets.moons]\nmodels.\"{LINEAR}\" = {{ sed = 1 }}\n", f'datasets.moons.models."{LINEAR}".sed: unknown '
      "hyper-parameter"),
+    (f"datasets = ['moons']\nmodels = ['{LINEAR}']\n[hparams.\"{LINEAR}\"]\nsed = 1\n",
+     f'suite quick.toml: hparams."{LINEAR}".sed: unknown hyper-parameter of {LINEAR}; did you mean seed?'),
+    (f"datasets = ['moons']\nmodels = ['realnvp-nflows']\n[hparams.\"{LINEAR}\"]\nseed = 1\n",
+     f'suite quick.toml: hparams."{LINEAR}": \'{LINEAR}\' is not one of the suite\'s models'),
+    (f"datasets = ['moons']\n[models.\"{LINEAR}\"]\nseed = 1\n[hparams.\"{LINEAR}\"]\nseed = 2\n",
+     f'suite quick.toml: hparams."{LINEAR}": hyper-parameters of \'{LINEAR}\' are also given'),
     ("[datasets.moons]\nbudget = { step = 3 }\n", "suite quick.toml: datasets.moons.budget.step: unknown budget field"),
     ("datasets = [{ n_train = 3 }]\n", "suite quick.toml: datasets[0]: an inline table needs a 'name'"),
     ("datasets = ['moons']\ntimout = 5\n", "suite quick.toml: timout: unknown field; did you mean timeout?"),
