@@ -13,18 +13,21 @@ import torch
 from torch import Tensor, nn
 
 from bench.datasets.base import Dataset
+from bench.options import OptionError
 from bench.tasks.base import Budget, Metric, TaskContext
 from bench.tasks.likelihood import (
     HIGH_PRECISION,
     LikelihoodTask,
+    ScoringPlan,
     cheapest_settings,
-    exact_forward,
     high_precision_settings,
+    log_likelihood,
 )
 from bench.tasks.registry import get_task
 from bench.tasks.training import fixed_test_x
 from bench.units import bits_per_dim
-from models.base import Capabilities, InvertibleModel, standard_normal_log_prob
+from models.actnorm import ActNorm
+from models.base import Capabilities, EstimatorSettings, InvertibleModel, standard_normal_log_prob
 from models.jacobian import jacobian_slogdet
 from models.template import LinearFlow
 
@@ -49,7 +52,8 @@ def gaussian_dataset(d: int, n: int = 4000, seed: int = 0) -> tuple[Dataset, Ten
 def make_ctx(make_model: Any, dataset: Dataset, budget: Budget, tmp: Path | None = None, seed: int = 0,
              **options: Any) -> TaskContext:
     return TaskContext(make_model=make_model, dataset=dataset, seed=seed, budget=budget, device=CPU,
-                       options=options, model_name="test-model", task_name="likelihood",
+                       options=LikelihoodTask.parse_options(options, "tasks.likelihood"), model_name="test-model",
+                       task_name="likelihood",
                        artifact_dir=None if tmp is None else tmp / "artifacts")
 
 
@@ -83,12 +87,15 @@ def test_linear_flow_reaches_zero_kl_gap_on_gaussian() -> None:
 def test_metric_names_units_and_directions() -> None:
     dataset, _ = gaussian_dataset(2, n=500)
     metrics = LikelihoodTask().run(make_ctx(lambda: LinearFlow((2,)), dataset, Budget(steps=5, batch_size=64)))
-    units = {m.name: (m.unit, m.higher_is_better, m.status) for m in metrics}
+    units = {m.name: (m.unit, m.direction, m.status) for m in metrics}
     assert units == {
-        "test_nll": ("nats", False, "ok"), "test_bpd": ("bits/dim", False, "ok"), "kl_gap": ("nats", False, "ok"),
+        "test_nll": ("nats", "down", "ok"), "test_bpd": ("bits/dim", "down", "ok"), "kl_gap": ("nats", "down", "ok"),
         "train_time": ("s", None, "ok"), "train_steps": ("steps", None, "ok"),
     }
-    assert set(units) == set(LikelihoodTask.metrics)
+    specs = {spec.name: (spec.unit, spec.direction, "ok") for spec in LikelihoodTask.metric_specs}
+    assert specs == units and all(spec.help for spec in LikelihoodTask.metric_specs)
+    assert LikelihoodTask.trains_model
+    assert all((m.input, m.variant, m.settings) == ("", "", {}) for m in metrics)
     m = by_name(metrics)
     assert m["test_bpd"].value == pytest.approx(m["test_nll"].value / (2 * math.log(2)))  # type: ignore[operator]
     assert m["train_steps"].value == 5
@@ -152,7 +159,7 @@ class ResidualToy(InvertibleModel):
         self.a = nn.Parameter(0.7 * a / torch.linalg.matrix_norm(a, ord=2))
         self.b = nn.Parameter(0.1 * torch.randn(self.dim, generator=g))
         self.terms = terms
-        self.configured: list[dict[str, Any]] = []
+        self.configured: list[int] = []
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         u = x @ self.a.T + self.b
@@ -166,23 +173,43 @@ class ResidualToy(InvertibleModel):
             x = z - torch.tanh(x @ self.a.T + self.b)
         return x
 
-    def estimator_settings(self) -> dict[str, Any]:
-        return {"terms": self.terms}
+    def estimator_settings(self) -> EstimatorSettings:
+        return EstimatorSettings(method="series", terms=self.terms)
 
-    def configure_estimator(self, **settings: Any) -> None:
-        self.configured.append(dict(settings))
-        self.terms = int(settings["terms"])
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        self.configured.append(settings.terms)
+        self.terms = settings.terms
 
 
-def test_batched_exact_logdet_matches_autograd_slogdet() -> None:
+def test_exact_scoring_in_jacobian_chunks_matches_the_per_example_slogdet() -> None:
+    from bench.tasks import likelihood
+
+    seen: list[tuple[int, bool]] = []
+
+    class Spy(ResidualToy):
+        def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+            seen.append((x.shape[0], any(p.requires_grad for p in self.parameters())))
+            return super().forward(x)
+
     torch.manual_seed(0)
-    model = ResidualToy((4,)).double().eval()
+    model = Spy((4,)).double().eval()
     y = torch.randn(7, 4, dtype=torch.float64)
-    z, ladj = exact_forward(model, y)
-    torch.testing.assert_close(ladj, jacobian_slogdet(lambda v: model(v)[0], y))
-    torch.testing.assert_close(z, model(y)[0])
-    # the model's own "estimate" carries its declared bias, which the exact path must not
-    torch.testing.assert_close(model(y)[1] - ladj, torch.full((7,), 0.5, dtype=torch.float64))
+    dataset = Dataset(name="g", kind="vector", train_x=y, test_x=y)
+    plan = ScoringPlan("exact", "autograd-jacobian")
+    old = likelihood.JACOBIAN_ROWS
+    likelihood.JACOBIAN_ROWS = 12  # 12 rows / D=4 -> chunks of 3 examples: 3, 3, 1, each replicated D times
+    try:
+        logp = log_likelihood(model, dataset, y, CPU, plan)
+    finally:
+        likelihood.JACOBIAN_ROWS = old
+    assert seen == [(12, False), (12, False), (4, False)]  # one forward per chunk, no graph to the weights
+    with torch.no_grad():
+        z, estimate = model(y)
+    exact = jacobian_slogdet(lambda v: model(v)[0], y)  # the reference: one Jacobian per example
+    torch.testing.assert_close(logp, standard_normal_log_prob(z) + exact)
+    # the model's own "estimate" carries its declared bias of 1 / terms, which the exact path must not
+    torch.testing.assert_close(estimate - exact, torch.full((7,), 0.5, dtype=torch.float64))
+    assert all(p.requires_grad for p in model.parameters())
 
 
 def test_estimator_model_scored_with_exact_logdet_at_small_dim() -> None:
@@ -204,7 +231,8 @@ def test_estimator_model_scored_with_exact_logdet_at_small_dim() -> None:
     assert nll.value == pytest.approx(float(expected), abs=1e-4)
     # the Jacobian pass ran with the cheapest estimator (its estimate is discarded), restored afterwards
     assert nll.extra["eval_estimator_settings"] == {"terms": 1}
-    assert model.configured == [{"terms": 1}, {"terms": 2}] and model.estimator_settings() == {"terms": 2}
+    assert nll.extra["trained_settings"] == EstimatorSettings(terms=2).as_dict()
+    assert model.configured == [1, 2] and model.terms == 2
 
 
 def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> None:
@@ -220,20 +248,31 @@ def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> N
     model = holder[-1]
     assert nll.extra["logdet_eval"] == "estimator"
     used = nll.extra["eval_estimator_settings"]
-    assert used["terms"] > 2 and model.configured == [used, {"terms": 2}]
-    assert model.estimator_settings() == {"terms": 2}
+    assert used == {"terms": HIGH_PRECISION["terms"], "probes": HIGH_PRECISION["probes"]}
+    assert model.configured == [used["terms"], 2] and model.terms == 2
     with torch.no_grad():
         expected = -model.log_prob(dataset.test_x).mean() + 0.5 - 1.0 / used["terms"]
     assert nll.value == pytest.approx(float(expected), abs=1e-4)
+    # option eval_estimator: these settings instead
+    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0, eval_estimator={"terms": 7})
+    nll = by_name(LikelihoodTask().run(ctx))["test_nll"]
+    model = holder[-1]
+    assert nll.extra["eval_estimator_settings"] == {"terms": 7} and model.configured == [7, 2]
+    with torch.no_grad():
+        expected = -model.log_prob(dataset.test_x).mean() + 0.5 - 1.0 / 7
+    assert nll.value == pytest.approx(float(expected), abs=1e-4)
 
 
-def test_estimator_setting_changes_touch_only_counts() -> None:
-    current = {"n_terms": 5, "n_probes": 1, "roulette": True, "tol": 1e-5, "max_terms": 400, "probe": "gaussian"}
-    # only the changes, so adapters that accept just some keys can take them (and restore them)
-    assert high_precision_settings(current) == {"n_terms": HIGH_PRECISION["term"], "n_probes": HIGH_PRECISION["probe"]}
-    assert HIGH_PRECISION["term"] > 5 and HIGH_PRECISION["probe"] > 1
-    assert cheapest_settings({"terms": 5, "exact_terms": 2, "probes": 1, "max_terms": 100, "neumann": True}) == {
-        "terms": 1, "exact_terms": 1}
+def test_estimator_setting_changes_touch_only_cost_knobs() -> None:
+    series = EstimatorSettings(method="series", terms=5, probes=1, max_terms=400, probe="rademacher")
+    assert high_precision_settings(series).changes_from(series) == {"terms": 20, "probes": 8}
+    assert cheapest_settings(series).changes_from(series) == {"terms": 1}
+    roulette = EstimatorSettings(method="roulette", exact_terms=2, probes=3, tail="poisson", tail_param=2.0)
+    assert high_precision_settings(roulette).changes_from(roulette) == {"exact_terms": 20, "probes": 8}
+    assert cheapest_settings(roulette).changes_from(roulette) == {"exact_terms": 1, "probes": 1}
+    # settings already above the floors stay
+    strong = EstimatorSettings(terms=50, probes=10)
+    assert high_precision_settings(strong) == strong
 
 
 def test_density_grid_artifact_for_2d_data(tmp_path: Path) -> None:
@@ -336,7 +375,7 @@ def test_estimator_scoring_records_no_graph_to_the_weights_and_chunks_by_dimensi
 
     model = Spy((4,)).eval()
     dataset = Dataset(name="g", kind="vector", train_x=torch.randn(8, 4), test_x=torch.randn(40, 4))
-    plan = {"logdet_eval": "estimator", "logdet_source": "model"}
+    plan = likelihood.ScoringPlan("estimator", "model")
     old = likelihood.ESTIMATOR_ROWS
     likelihood.ESTIMATOR_ROWS = 64  # 64 rows / D=4 -> chunks of 16 examples
     try:
@@ -346,3 +385,59 @@ def test_estimator_scoring_records_no_graph_to_the_weights_and_chunks_by_dimensi
     assert logp.shape == (40,) and bool(torch.isfinite(logp).all())
     assert [n for n, _ in seen] == [16, 16, 8] and not any(grad for _, grad in seen)
     assert all(p.requires_grad for p in model.parameters())  # restored afterwards
+
+
+class ActNormLinear(LinearFlow):
+    """Glow's ActNorm (data-dependent initialisation in ``data_init``) followed by ``W x + b``."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, seed: int = 0) -> None:
+        super().__init__(shape, num_classes, seed=seed)
+        self.actnorm = ActNorm(self.dim)
+
+    def data_init(self, x: Tensor) -> None:
+        self.actnorm.initialize(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, ladj = self.actnorm(x)
+        z, ladj2 = super().forward(y)
+        return z, ladj + ladj2
+
+
+def test_zero_steps_measures_the_model_as_initialised(tmp_path: Path) -> None:
+    dataset, _ = gaussian_dataset(2, n=400)
+    holder: list[ActNormLinear] = []
+
+    def make() -> ActNormLinear:
+        holder.append(ActNormLinear((2,)))
+        return holder[-1]
+
+    ctx = make_ctx(make, dataset, Budget(steps=0, batch_size=100, lr=0.05))
+    ctx.checkpoint_dir = tmp_path
+    metrics = by_name(LikelihoodTask().run(ctx))
+    assert metrics["train_steps"].value == 0 and metrics["train_steps"].status == "ok"
+    model, fresh = holder[-1], ActNormLinear((2,))
+    assert torch.equal(model.weight, fresh.weight) and torch.equal(model.bias, fresh.bias)
+    assert bool(model.actnorm.initialized) and not torch.equal(model.actnorm.bias, fresh.actnorm.bias)
+    # the NLL is that of the data-initialised model
+    with torch.no_grad():
+        expected = float(-model.log_prob(dataset.test_x).double().mean())
+    nll = metrics["test_nll"].value
+    assert nll is not None and nll == pytest.approx(expected, abs=1e-4)
+    # a second cell loads the same untrained checkpoint
+    again = by_name(LikelihoodTask().run(ctx))
+    assert again["test_nll"].value == nll and again["train_steps"].value == 0
+    assert len(list(tmp_path.iterdir())) == 1
+
+
+def test_options_are_typed_and_checked() -> None:
+    options = LikelihoodTask.parse_options({"exact_max_dim": 0, "eval_draws": 2}, "tasks.likelihood")
+    assert isinstance(options, LikelihoodTask.Options)
+    assert (options.exact_max_dim, options.eval_draws, options.artifacts) == (0, 2, True)  # type: ignore[attr-defined]
+    with pytest.raises(OptionError, match="did you mean eval_draws"):
+        LikelihoodTask.parse_options({"eval_draw": 2}, "tasks.likelihood")
+    with pytest.raises(OptionError, match=r"tasks.likelihood.eval_draws: must be >= 1"):
+        LikelihoodTask.parse_options({"eval_draws": 0}, "tasks.likelihood")
+    with pytest.raises(OptionError, match="expected a boolean"):
+        LikelihoodTask.parse_options({"artifacts": "yes"}, "tasks.likelihood")
+    with pytest.raises(OptionError, match="unknown estimator setting 'term'; did you mean terms"):
+        LikelihoodTask.parse_options({"eval_estimator": {"term": 20}}, "tasks.likelihood")

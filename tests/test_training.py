@@ -1,4 +1,5 @@
-"""Training loops, the checkpoint cache, the finite-difference regulariser and the classification task."""
+"""Training loops, the training loss, the checkpoint cache, the finite-difference regulariser, the classification
+task and ``steps = 0``."""
 
 from __future__ import annotations
 
@@ -12,13 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from bench.datasets.base import Dataset
+from bench.options import Options
 from bench.regularizers import FDRegularizer
+from bench.suite import SuiteError, parse_suite
 from bench.tasks import training
 from bench.tasks.base import Budget, TaskContext
 from bench.tasks.classification import ClassificationTask
 from bench.tasks.registry import get_task
 from bench.tasks.training import TrainResult, train_classifier, train_likelihood, trained_model
-from models.base import Capabilities, InvertibleModel
+from models.actnorm import ActNorm
+from models.base import Capabilities, InvertibleModel, UnsupportedCapability
+from models.loss import training_loss
 from models.template import LinearFlow
 
 CPU = torch.device("cpu")
@@ -170,8 +175,10 @@ def test_progress_every_five_percent() -> None:
 
 
 # ----------------------------------------------------------------------------------- checkpoint cache
-def make_ctx(make_model: Any, dataset: Dataset, budget: Budget, tmp: Path | None, seed: int = 0) -> TaskContext:
+def make_ctx(make_model: Any, dataset: Dataset, budget: Budget, tmp: Path | None, seed: int = 0,
+             options: Options | None = None) -> TaskContext:
     return TaskContext(make_model=make_model, dataset=dataset, seed=seed, budget=budget, device=CPU,
+                       options=options if options is not None else ClassificationTask.Options(),
                        checkpoint_dir=tmp, model_name="linear-template")
 
 
@@ -224,6 +231,8 @@ def test_trained_model_rejects_bad_requests() -> None:
     ctx = make_ctx(lambda: LinearFlow((2,)), vector_dataset(), Budget(steps=2), None)
     with pytest.raises(ValueError, match="unknown objective"):
         trained_model(ctx, "density")
+    with pytest.raises(ValueError, match="unknown objective"):
+        training_loss(LinearFlow((2,)), torch.zeros(3, 2), objective="density")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="likelihood objective only"):
         trained_model(ctx, "classification", FDRegularizer())
 
@@ -337,9 +346,11 @@ def test_classification_task_reaches_high_accuracy() -> None:
     ctx = make_ctx(lambda: TinyClassifier((2,), num_classes=2), dataset, Budget(steps=60, batch_size=64, lr=0.05),
                    None)
     metrics = {m.name: m for m in ClassificationTask().run(ctx)}
-    assert set(metrics) == set(ClassificationTask.metrics)
+    assert set(metrics) == {spec.name for spec in ClassificationTask.metric_specs}
+    assert ClassificationTask.trains_model
     acc = metrics["test_accuracy"]
-    assert (acc.unit, acc.higher_is_better, acc.status) == ("fraction", True, "ok")
+    assert (acc.unit, acc.direction, acc.status) == ("fraction", "up", "ok")
+    assert (acc.input, acc.variant, acc.settings) == ("", "", {})
     assert acc.value is not None and 0.97 <= acc.value <= 1.0
     assert acc.extra["n_test"] == 300 and acc.extra["correct"] == round(acc.value * 300)
     assert metrics["train_steps"].value == 60 and metrics["train_time"].unit == "s"
@@ -386,3 +397,97 @@ def test_cosine_schedule_decays_the_learning_rate_over_the_budget(monkeypatch: p
     train_likelihood(LinearFlow((2,)), vector_dataset(), Budget(steps=5, batch_size=32, lr=0.01),
                      torch.device("cpu"), seed=0)
     assert seen == [0.01] * 5
+
+
+# ----------------------------------------------------------------------------------- the training loss
+def test_training_loss_is_the_mean_nll_or_the_cross_entropy() -> None:
+    flow = LinearFlow((3,))
+    x, ldj = torch.randn(6, 3), torch.randn(6)
+    with torch.no_grad():
+        torch.testing.assert_close(training_loss(flow, x), -flow.log_prob(x).mean())
+        torch.testing.assert_close(training_loss(flow, x, ldj=ldj), -(flow.log_prob(x) + ldj).mean())
+    clf = TinyClassifier((2,), num_classes=2)
+    x2, y = torch.randn(5, 2), torch.tensor([1, 1, 0, 1, 0])
+    with torch.no_grad():
+        logits = clf.logits(x2)
+        torch.testing.assert_close(training_loss(clf, x2, y), nn.functional.cross_entropy(logits, y))
+        # without labels the targets cycle through the classes: 0, 1, 0, 1, 0
+        torch.testing.assert_close(training_loss(clf, x2), nn.functional.cross_entropy(logits, torch.arange(5) % 2))
+        assert float(training_loss(clf, x2)) != pytest.approx(float(training_loss(clf, x2, y)))
+    with pytest.raises(UnsupportedCapability, match="not a classifier"):
+        training_loss(flow, x, objective="classification")
+
+
+# ----------------------------------------------------------------------------------- steps = 0
+class ActNormFlow(LinearFlow):
+    """ActNorm (Glow's data-dependent initialisation) followed by ``W x + b``; records its ``data_init`` batch."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, seed: int = 0) -> None:
+        super().__init__(shape, num_classes, seed=seed)
+        self.actnorm = ActNorm(self.dim)
+        self.init_batch: Tensor | None = None
+
+    def data_init(self, x: Tensor) -> None:
+        self.init_batch = x.clone()
+        self.actnorm.initialize(x)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        y, ladj = self.actnorm(x)
+        z, ladj2 = super().forward(y)
+        return z, ladj + ladj2
+
+
+def test_suite_budget_accepts_zero_steps_and_rejects_negative_ones() -> None:
+    suite = parse_suite({"datasets": {"moons": {"budget": {"steps": 0}}}, "budget": {"steps": 0}})
+    assert suite.budget.steps == 0
+    with pytest.raises(SuiteError) as err:
+        parse_suite({"datasets": ["moons"], "budget": {"steps": -1}})
+    message = str(err.value)
+    assert "budget.steps" in message and ">= 0" in message and "\n" not in message
+    for key in ("batch_size", "lr", "seconds"):
+        with pytest.raises(SuiteError, match=f"budget.{key}: must be positive"):
+            parse_suite({"datasets": ["moons"], "budget": {key: 0}})
+
+
+def test_zero_steps_runs_data_init_and_takes_no_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    dataset = vector_dataset(n=100, stds=[3.0, 0.5])
+    steps: list[int] = []
+    real_step = torch.optim.Adam.step
+
+    def counting(self: torch.optim.Adam, closure: Any = None) -> Any:
+        steps.append(1)
+        return real_step(self, closure)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", counting)
+    model, fresh = ActNormFlow((2,)), ActNormFlow((2,))
+    result = train_likelihood(model, dataset, Budget(steps=0, batch_size=50, lr=0.05), CPU, seed=0)
+    assert (result.steps, result.diverged, result.history, result.reason) == (0, False, [], "")
+    assert math.isnan(result.final_loss) and not model.training and steps == []
+    # W and b as initialised; ActNorm initialised from the first batch (zero mean, unit std per feature)
+    assert torch.equal(model.weight, fresh.weight) and torch.equal(model.bias, fresh.bias)
+    assert model.init_batch is not None and model.init_batch.shape == (50, 2)
+    torch.testing.assert_close(model.actnorm.bias.detach(), -model.init_batch.mean(dim=0))
+    assert not torch.equal(model.actnorm.bias, fresh.actnorm.bias) and bool(model.actnorm.initialized)
+    # the same for the classifier loop
+    clf = TinyClassifier((2,), num_classes=2)
+    before = {k: v.clone() for k, v in clf.state_dict().items()}
+    assert train_classifier(clf, blobs(50), Budget(steps=0), CPU, seed=0).steps == 0
+    assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
+
+
+def test_zero_steps_checkpoint_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = training.train_likelihood
+
+    def counting(*args: Any, **kwargs: Any) -> TrainResult:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "train_likelihood", counting)
+    dataset = vector_dataset()
+    first, r1 = trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=0), tmp_path), "likelihood")
+    second, r2 = trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=0), tmp_path), "likelihood")
+    assert len(calls) == 1 and r1.steps == r2.steps == 0 and same_state(first, second)
+    assert isinstance(second, ActNormFlow) and bool(second.actnorm.initialized)  # the data-initialised state
+    trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=1), tmp_path), "likelihood")
+    assert len(calls) == 2

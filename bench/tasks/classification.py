@@ -9,13 +9,16 @@ afresh each step), then pre-processed as in training.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
 from bench.datasets.base import Dataset
-from bench.tasks.base import Metric, Task, TaskContext
+from bench.options import Options, opt
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.training import (
+    TRAIN_SPECS,
     evaluation_grad_mode,
     fixed_test_x,
     model_dtype,
@@ -24,6 +27,16 @@ from bench.tasks.training import (
     trained_model,
 )
 from models.base import Capabilities, InvertibleModel
+
+
+@dataclass(frozen=True)
+class ClassificationOptions(Options):
+    """Options of the ``classification`` task."""
+
+    eval_batch_size: int = field(default=512, metadata=opt("test examples per evaluation batch", min=1))
+
+
+TEST_ACCURACY = MetricSpec("test_accuracy", "fraction", "up", "fraction of the test labels predicted correctly")
 
 
 def test_predictions(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int,
@@ -43,8 +56,10 @@ class ClassificationTask(Task):
     """Test accuracy (fraction of correct test labels) after training the classifier head end to end."""
 
     name = "classification"
+    Options = ClassificationOptions
+    trains_model: ClassVar[bool] = True
     requires_text: ClassVar[str] = "a classifier model (logits) and a labelled data set"
-    metrics: ClassVar[tuple[str, ...]] = ("test_accuracy", "train_time", "train_steps")
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (TEST_ACCURACY, *TRAIN_SPECS)
 
     @classmethod
     def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
@@ -52,15 +67,15 @@ class ClassificationTask(Task):
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         dataset = ctx.dataset
+        options: ClassificationOptions = ctx.options
         if dataset.test_y is None:
             raise ValueError(f"data set {dataset.name!r} has no test labels")
         model, result = trained_model(ctx, "classification")
         if result.diverged:
-            acc = Metric("test_accuracy", None, "fraction", True, status="diverged",
-                         extra={"reason": f"training diverged: {result.reason}"})
+            acc = TEST_ACCURACY(None, status="diverged", extra={"reason": f"training diverged: {result.reason}"})
             return [acc, *train_metrics(result)]
-        preds = test_predictions(model, dataset, ctx.device, ctx.seed, int(ctx.options.get("eval_batch_size", 512)))
+        preds = test_predictions(model, dataset, ctx.device, ctx.seed, options.eval_batch_size)
         correct = int((preds == dataset.test_y.long().cpu()).sum())
         n = int(dataset.test_y.numel())
-        acc = Metric("test_accuracy", correct / n, "fraction", True, extra={"correct": correct, "n_test": n})
+        acc = TEST_ACCURACY(correct / n, extra={"correct": correct, "n_test": n})
         return [acc, *train_metrics(result)]

@@ -7,29 +7,30 @@ knows its differential entropy, ``kl_gap = test_nll - entropy`` estimates KL(p_d
 is 0.
 
 Log-det estimator models (i-ResNet, Residual Flow) are scored with the exact log-det when ``D`` is small
-(option ``exact_max_dim``, default 64), computed by a batched autograd Jacobian; above it, with their
-estimator at high precision (option ``eval_estimator``, or more terms and probes than trained with), restored
-afterwards. ``Metric.extra["logdet_eval"]`` says which.
-
-Options: ``exact_max_dim`` (64), ``eval_estimator`` (dict, settings for ``configure_estimator``),
-``eval_draws`` (dequantisation draws averaged for discrete data, 1), ``eval_batch_size`` (512),
-``artifacts`` (True: the density grid for 2-D data, 64 samples for images).
+(option ``exact_max_dim``, default 64), from the autograd Jacobian (:func:`models.jacobian.jacobian_by_replicas`,
+in chunks of :data:`JACOBIAN_ROWS` rows); above it, with their estimator at high precision (option
+``eval_estimator``, or more terms and probes than trained with), restored afterwards.
+``Metric.extra["logdet_eval"]`` says which. The options are :class:`LikelihoodOptions`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from bench.datasets.base import Dataset
-from bench.tasks.base import Metric, Task, TaskContext, save_artifact
+from bench.options import Options, near, opt
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext, save_artifact
 from bench.tasks.measure import estimator_settings
 from bench.tasks.training import (
+    TRAIN_SPECS,
     evaluation_grad_mode,
     fixed_test_x,
     model_dtype,
@@ -38,7 +39,8 @@ from bench.tasks.training import (
     trained_model,
 )
 from bench.units import bits_per_dim
-from models.base import Capabilities, InvertibleModel, standard_normal_log_prob
+from models.base import Capabilities, EstimatorSettings, InvertibleModel, standard_normal_log_prob
+from models.jacobian import jacobian_by_replicas
 
 #: Largest D at which estimator models are scored with the exact autograd log-det.
 EXACT_MAX_DIM = 64
@@ -46,87 +48,110 @@ EXACT_MAX_DIM = 64
 JACOBIAN_ROWS = 4096
 #: examples x dimensions per chunk when scoring with an estimator (its probes and terms multiply the memory)
 ESTIMATOR_ROWS = 65536
-#: Lower bounds applied to estimator settings whose names contain these words, for evaluation.
-HIGH_PRECISION = {"term": 20, "probe": 8}
+#: Floors of the estimator's cost knobs (``EstimatorSettings.cost_knobs``) while scoring above ``exact_max_dim``.
+HIGH_PRECISION = {"terms": 20, "exact_terms": 20, "probes": 8}
 GRID_SIZE = 128
 NUM_SAMPLES = 64
 
 
-def exact_forward(model: InvertibleModel, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``z`` and the exact ``log|det dz/dy|`` from one batched autograd Jacobian.
+@dataclass(frozen=True)
+class LikelihoodOptions(Options):
+    """Options of the ``likelihood`` task."""
 
-    Each example is repeated D times; row ``j`` of copy ``j`` of the Jacobian is one VJP with the unit vector
-    ``e_j``, so one forward and one backward pass over B x D rows give all B Jacobians. Assumes the model
-    treats examples independently (true in ``eval()``). ``y``: (B, *shape) -> (``z``: (B, *shape), (B,)).
+    exact_max_dim: int = field(default=EXACT_MAX_DIM, metadata=opt(
+        "largest D at which log-det estimator models are scored with the exact autograd log-det", min=0))
+    eval_estimator: dict[str, int | float | bool | str] | None = field(default=None, metadata=opt(
+        "EstimatorSettings fields changed while scoring above exact_max_dim (default: at least 20 terms, 8 probes)"))
+    eval_draws: int = field(default=1, metadata=opt(
+        "fixed dequantisation draws the test NLL of discrete data is averaged over", min=1))
+    eval_batch_size: int = field(default=512, metadata=opt("test examples per evaluation batch", min=1))
+    artifacts: bool = field(default=True, metadata=opt(
+        "save the density grid (2-D data) or 64 samples (images) as an artifact"))
+
+    def __post_init__(self) -> None:
+        known = [f.name for f in dataclasses.fields(EstimatorSettings)]
+        for key in self.eval_estimator or {}:
+            if key not in known:
+                raise ValueError(f"eval_estimator: unknown estimator setting {key!r}{near(key, known)} "
+                                 f"(settings: {', '.join(known)})")
+
+
+TEST_NLL = MetricSpec("test_nll", "nats", "down", "negative log-likelihood of the test set, nats per example")
+TEST_BPD = MetricSpec("test_bpd", "bits/dim", "down",
+                      "test NLL in bits per dimension; for discrete data of the integer levels (+ D ln levels)")
+KL_GAP = MetricSpec("kl_gap", "nats", "down",
+                    "test NLL minus the data's differential entropy: an estimate of KL(p_data || p_model), floor 0")
+DENSITY_SPECS = (TEST_NLL, TEST_BPD, KL_GAP)
+
+
+def high_precision_settings(trained: EstimatorSettings) -> EstimatorSettings:
+    """``trained`` with its cost knobs raised to at least :data:`HIGH_PRECISION` (method, probe kind and roulette
+    tail unchanged)."""
+    return trained.at_least(**HIGH_PRECISION)
+
+
+def cheapest_settings(trained: EstimatorSettings) -> EstimatorSettings:
+    """``trained`` with its cost knobs lowered to 1: for passes whose estimate is discarded (the exact Jacobian)."""
+    return trained.at_most(terms=1, exact_terms=1, probes=1)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """How :func:`log_likelihood` scores a model.
+
+    Attributes:
+        logdet_eval: ``"exact"`` or ``"estimator"``: which log-det the NLL holds.
+        logdet_source: ``"model"`` (the model's own ladj) or ``"autograd-jacobian"``
+            (:func:`models.jacobian.jacobian_by_replicas`).
+        settings: the estimator settings that apply while scoring (high precision for ``"estimator"``; the cheapest
+            for the Jacobian pass, whose estimate is discarded); None for exact models.
+        trained: the settings the model was trained with; None for exact models.
     """
-    b, d = y.shape[0], math.prod(y.shape[1:])
-    rep = y.detach().repeat_interleave(d, dim=0).requires_grad_(True)
-    with torch.enable_grad():
-        z_rep, _ = model(rep)
-        eye = torch.eye(d, device=y.device, dtype=z_rep.dtype).repeat(b, 1)
-        (rows,) = torch.autograd.grad(z_rep.reshape(b * d, d), rep, grad_outputs=eye)
-    jac = rows.reshape(b, d, d)
-    z = z_rep.detach().reshape(b, d, d)[:, 0].reshape(y.shape)
-    return z, torch.linalg.slogdet(jac)[1]
+
+    logdet_eval: Literal["exact", "estimator"]
+    logdet_source: Literal["model", "autograd-jacobian"]
+    settings: EstimatorSettings | None = None
+    trained: EstimatorSettings | None = None
+
+    def record(self) -> dict[str, Any]:
+        """The plan as ``Metric.extra`` entries: ``logdet_eval``, ``logdet_source`` and, for estimator models,
+        ``eval_estimator_settings`` (the fields changed while scoring) and ``trained_settings``."""
+        out: dict[str, Any] = {"logdet_eval": self.logdet_eval, "logdet_source": self.logdet_source}
+        if self.settings is not None and self.trained is not None:
+            out["eval_estimator_settings"] = self.settings.changes_from(self.trained)
+            out["trained_settings"] = self.trained.as_dict()
+        return out
 
 
-def _counts_moved(current: dict[str, Any], target: dict[str, int], up: bool) -> dict[str, Any]:
-    """Changes moving the integer settings whose names contain a word of ``target`` (but not ``max``, a cap)
-    to at least (``up``) or at most (not ``up``) its value; everything else is left alone."""
-    out: dict[str, Any] = {}
-    for key, value in current.items():
-        name = key.lower()
-        if isinstance(value, bool) or not isinstance(value, int) or "max" in name:
-            continue
-        for word, bound in target.items():
-            if word in name and (value < bound if up else value > bound):
-                out[key] = bound
-    return out
+def plan_applied(model: InvertibleModel, plan: ScoringPlan) -> contextlib.AbstractContextManager[Any]:
+    """``plan.settings`` for the duration of a ``with`` block, the model's own restored afterwards."""
+    return estimator_settings(model, plan.settings)
 
 
-def high_precision_settings(current: dict[str, Any]) -> dict[str, Any]:
-    """The changes that raise ``current``'s integer estimator settings named like ``*term*``/``*probe*`` to at
-    least :data:`HIGH_PRECISION`'s values; other settings (method, probe kind, roulette) are left as they are."""
-    return _counts_moved(current, HIGH_PRECISION, up=True)
-
-
-def cheapest_settings(current: dict[str, Any]) -> dict[str, Any]:
-    """The changes that lower those counts to 1: for passes whose estimate is discarded (the exact Jacobian)."""
-    return _counts_moved(current, {"term": 1, "probe": 1}, up=False)
-
-
-def plan_applied(model: InvertibleModel, plan: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
-    """``plan["eval_estimator_settings"]`` for the duration of a ``with`` block (nothing when there are none)."""
-    settings = plan.get("eval_estimator_settings")
-    return estimator_settings(model, settings) if settings else contextlib.nullcontext()
-
-
-def logdet_plan(model: InvertibleModel, dim: int, options: dict[str, Any]) -> dict[str, Any]:
-    """How to score ``model``, also recorded in ``Metric.extra``:
-
-    - ``logdet_eval``: ``"exact"`` or ``"estimator"``;
-    - ``logdet_source``: ``"model"`` (its own ladj) or ``"autograd-jacobian"`` (:func:`exact_forward`);
-    - ``eval_estimator_settings``: changes applied while scoring (high precision for ``"estimator"``; the cheapest
-      estimator for the Jacobian pass, whose estimate is discarded), with ``trained_settings`` beside them.
-    """
+def logdet_plan(model: InvertibleModel, dim: int, options: LikelihoodOptions) -> ScoringPlan:
+    """How to score ``model`` on ``dim``-dimensional data: its own log-det when exact; the exact autograd log-det
+    when ``dim <= options.exact_max_dim``; else its estimator at ``options.eval_estimator`` (or
+    :func:`high_precision_settings`)."""
     if model.capabilities.logdet == "exact":
-        return {"logdet_eval": "exact", "logdet_source": "model"}
+        return ScoringPlan("exact", "model")
     trained = model.estimator_settings()
-    if dim <= int(options.get("exact_max_dim", EXACT_MAX_DIM)):
-        return {"logdet_eval": "exact", "logdet_source": "autograd-jacobian",
-                "eval_estimator_settings": cheapest_settings(trained), "trained_settings": trained}
-    settings = options.get("eval_estimator") or high_precision_settings(trained)
-    return {"logdet_eval": "estimator", "logdet_source": "model", "eval_estimator_settings": dict(settings),
-            "trained_settings": trained}
+    if trained is None:
+        raise ValueError(f"{type(model).__name__} declares a log-det estimator but reports no estimator settings")
+    if dim <= options.exact_max_dim:
+        return ScoringPlan("exact", "autograd-jacobian", cheapest_settings(trained), trained)
+    if options.eval_estimator:
+        changes: dict[str, Any] = dict(options.eval_estimator)  # field names checked by LikelihoodOptions
+        return ScoringPlan("estimator", "model", dataclasses.replace(trained, **changes), trained)
+    return ScoringPlan("estimator", "model", high_precision_settings(trained), trained)
 
 
 def log_likelihood(model: InvertibleModel, dataset: Dataset, x: Tensor, device: torch.device,
-                   plan: dict[str, Any], batch_size: int = 512) -> Tensor:
+                   plan: ScoringPlan, batch_size: int = 512) -> Tensor:
     """log p(x) in nats of points ``x`` (N, *shape) in the data space (already dequantised), pre-processing
     log-det included, scored as ``plan`` (from :func:`logdet_plan`) says, inside :func:`plan_applied`.
     Returns (N,) on the CPU."""
     dtype = model_dtype(model)
-    exact_autograd = plan["logdet_source"] == "autograd-jacobian"
+    exact_autograd = plan.logdet_source == "autograd-jacobian"
     if exact_autograd:
         chunk = max(1, JACOBIAN_ROWS // dataset.dim)
     elif model.capabilities.logdet == "estimator":
@@ -137,9 +162,9 @@ def log_likelihood(model: InvertibleModel, dataset: Dataset, x: Tensor, device: 
     with frozen_parameters(model):
         for start in range(0, x.shape[0], chunk):
             y, ldj = preprocess_batch(dataset, x[start:start + chunk], device, dtype)
-            if exact_autograd:
-                z, ladj = exact_forward(model, y)
-                logp = standard_normal_log_prob(z) + ladj
+            if exact_autograd:  # one forward and one backward pass over chunk x D rows
+                z, jac = jacobian_by_replicas(lambda v: model(v)[0], y)
+                logp = standard_normal_log_prob(z) + torch.linalg.slogdet(jac)[1]
             else:
                 with evaluation_grad_mode(model):
                     logp = model.log_prob(y)
@@ -162,7 +187,7 @@ def frozen_parameters(model: InvertibleModel) -> Iterator[None]:
 
 
 def test_nll_per_example(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int,
-                         plan: dict[str, Any], draws: int = 1, batch_size: int = 512) -> Tensor:
+                         plan: ScoringPlan, draws: int = 1, batch_size: int = 512) -> Tensor:
     """NLL in nats of each test example (N,): averaged over ``draws`` fixed dequantisations (discrete data)."""
     draws = draws if dataset.levels is not None else 1
     total = torch.zeros(dataset.test_x.shape[0], dtype=torch.float64)
@@ -171,7 +196,7 @@ def test_nll_per_example(model: InvertibleModel, dataset: Dataset, device: torch
     return -total / draws
 
 
-def density_grid(model: InvertibleModel, dataset: Dataset, device: torch.device, plan: dict[str, Any],
+def density_grid(model: InvertibleModel, dataset: Dataset, device: torch.device, plan: ScoringPlan,
                  size: int = GRID_SIZE) -> dict[str, Any]:
     """Model (and, when known, true) log-density on a ``size`` x ``size`` grid over the 2-D data (5 % margin).
 
@@ -193,7 +218,7 @@ def density_grid(model: InvertibleModel, dataset: Dataset, device: torch.device,
     return arrays
 
 
-def _artifact(ctx: TaskContext, model: InvertibleModel, plan: dict[str, Any]) -> dict[str, Any]:
+def _artifact(ctx: TaskContext, model: InvertibleModel, plan: ScoringPlan) -> dict[str, Any]:
     """Save the density grid (2-D vector data) or 64 samples (images, or vectors whose data set's
     ``meta["image_shape"]`` says they are flattened images); returns entries for ``Metric.extra``."""
     dataset = ctx.dataset
@@ -220,8 +245,10 @@ class LikelihoodTask(Task):
     """Test NLL (nats), bits/dim and, for densities with a known entropy, the KL gap after training."""
 
     name = "likelihood"
+    Options = LikelihoodOptions
+    trains_model: ClassVar[bool] = True
     requires_text: ClassVar[str] = "a density model (log_prob) accepting the data set's input kind"
-    metrics: ClassVar[tuple[str, ...]] = ("test_nll", "test_bpd", "kl_gap", "train_time", "train_steps")
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (*DENSITY_SPECS, *TRAIN_SPECS)
 
     @classmethod
     def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
@@ -229,39 +256,33 @@ class LikelihoodTask(Task):
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         dataset = ctx.dataset
+        options: LikelihoodOptions = ctx.options
         model, result = trained_model(ctx, "likelihood")
-        density_names = ["test_nll", "test_bpd"] + (["kl_gap"] if dataset.entropy is not None else [])
+        specs = [TEST_NLL, TEST_BPD] + ([KL_GAP] if dataset.entropy is not None else [])
         if result.diverged:
             reason = {"reason": f"training diverged: {result.reason}"}
-            return [*self._diverged(density_names, reason), *train_metrics(result)]
-        plan = logdet_plan(model, dataset.dim, ctx.options)
-        draws = int(ctx.options.get("eval_draws", 1))
+            return [*(spec(None, status="diverged", extra=reason) for spec in specs), *train_metrics(result)]
+        plan = logdet_plan(model, dataset.dim, options)
         with plan_applied(model, plan):
-            nll = test_nll_per_example(model, dataset, ctx.device, ctx.seed, plan, draws,
-                                       int(ctx.options.get("eval_batch_size", 512)))
+            nll = test_nll_per_example(model, dataset, ctx.device, ctx.seed, plan, options.eval_draws,
+                                       options.eval_batch_size)
             finite = torch.isfinite(nll)
             if not bool(finite.all()):
                 why: dict[str, Any] = {"reason": "non-finite test log-likelihood",
-                                       "nonfinite_fraction": float((~finite).double().mean()), **plan}
-                return [*self._diverged(density_names, why), *train_metrics(result)]
+                                       "nonfinite_fraction": float((~finite).double().mean()), **plan.record()}
+                return [*(spec(None, status="diverged", extra=why) for spec in specs), *train_metrics(result)]
             mean = float(nll.mean())
             stderr = float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else math.nan
-            extra: dict[str, Any] = {**plan, "stderr": stderr, "n_test": nll.numel(),
-                                     "dequant_draws": draws if dataset.levels is not None else 0}
-            if ctx.options.get("artifacts", True):
+            extra: dict[str, Any] = {**plan.record(), "stderr": stderr, "n_test": nll.numel(),
+                                     "dequant_draws": options.eval_draws if dataset.levels is not None else 0}
+            if options.artifacts:
                 extra.update(_artifact(ctx, model, plan))
         bpd_scale = 1.0 / (dataset.dim * math.log(2))
         metrics = [
-            Metric("test_nll", mean, "nats", False, extra=extra),
-            Metric("test_bpd", float(bits_per_dim(mean, dataset.dim, dataset.levels)), "bits/dim", False,
-                   extra={"levels": dataset.levels, "stderr": stderr * bpd_scale}),
+            TEST_NLL(mean, extra=extra),
+            TEST_BPD(float(bits_per_dim(mean, dataset.dim, dataset.levels)),
+                     extra={"levels": dataset.levels, "stderr": stderr * bpd_scale}),
         ]
         if dataset.entropy is not None:
-            metrics.append(Metric("kl_gap", mean - dataset.entropy, "nats", False,
-                                  extra={"entropy": dataset.entropy, "stderr": stderr}))
+            metrics.append(KL_GAP(mean - dataset.entropy, extra={"entropy": dataset.entropy, "stderr": stderr}))
         return [*metrics, *train_metrics(result)]
-
-    @staticmethod
-    def _diverged(names: list[str], extra: dict[str, Any]) -> list[Metric]:
-        units = {"test_nll": "nats", "test_bpd": "bits/dim", "kl_gap": "nats"}
-        return [Metric(n, None, units[n], False, status="diverged", extra=dict(extra)) for n in names]

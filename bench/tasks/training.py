@@ -6,7 +6,8 @@ minibatches of ``budget.batch_size`` drawn without replacement (a fresh permutat
 ``dataset.train_x`` by a seeded ``torch.Generator``; discrete data dequantised afresh every step
 (``dataset.dequantize``), then ``dataset.preprocess`` if set; ``model.data_init`` on the first batch before
 the first step and ``model.after_step`` after every optimiser step; gradient norm clipped to
-:data:`CLIP_NORM`; training stops at ``budget.steps`` or ``budget.seconds``, whichever comes first. A
+:data:`CLIP_NORM`; training stops at ``budget.steps`` or ``budget.seconds``, whichever comes first
+(``steps = 0``: ``data_init`` only, the model as initialised). The loss is :func:`models.loss.training_loss`. A
 non-finite loss or gradient norm stops training *before* the update, with ``diverged=True``, so the model keeps
 its last finite parameters.
 
@@ -31,20 +32,24 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
 from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
 from bench.run.rundir import config_hash
-from bench.tasks.base import Budget, Metric, TaskContext
+from bench.tasks.base import Budget, Metric, MetricSpec, TaskContext
 from models.base import InvertibleModel
+from models.loss import OBJECTIVES, training_loss
 
 Progress = Callable[[int, int, str], None]
 #: Maximum gradient norm (all trainable parameters together).
 CLIP_NORM = 10.0
 #: The number of points kept in ``TrainResult.history``.
 HISTORY_POINTS = 100
-OBJECTIVES = ("likelihood", "classification")
+# no direction: under a time budget every model uses the same seconds; the steps done show the speed
+TRAIN_TIME = MetricSpec("train_time", "s", None, "wall-clock seconds of training, data_init included")
+TRAIN_STEPS = MetricSpec("train_steps", "steps", None, "optimiser steps taken (0: the model as initialised)")
+#: The metrics every training task reports after its own.
+TRAIN_SPECS = (TRAIN_TIME, TRAIN_STEPS)
 
 
 @dataclass
@@ -54,7 +59,8 @@ class TrainResult:
     Attributes:
         steps: optimiser steps taken.
         seconds: wall-clock time of training, ``data_init`` included.
-        final_loss: mean loss over the last history window (the non-finite loss itself when diverged).
+        final_loss: mean loss over the last history window (the non-finite loss itself when diverged; NaN
+            when no step was taken).
         diverged: a loss or gradient norm was non-finite; training stopped before applying it.
         history: mean loss (regulariser penalty included where applied) over consecutive windows of
             ``max(1, budget.steps // 100)`` steps.
@@ -137,7 +143,10 @@ def evaluation_grad_mode(model: InvertibleModel) -> contextlib.AbstractContextMa
 def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
          loss_fn: Callable[[Tensor, Tensor, Tensor | None, int], Tensor], labels: Tensor | None,
          progress: Progress | None, objective: str) -> TrainResult:
-    """The loop both objectives share. ``loss_fn(y, ldj, labels_batch, step) -> scalar``."""
+    """The loop both objectives share. ``loss_fn(y, ldj, labels_batch, step) -> scalar``.
+
+    With ``budget.steps == 0`` only ``model.data_init`` runs (on the first batch): the model as initialised.
+    """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
@@ -155,6 +164,9 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
     start = time.perf_counter()
     batch = draw()
     model.data_init(batch[0])
+    if budget.steps == 0:
+        model.eval()
+        return TrainResult(steps=0, seconds=time.perf_counter() - start, final_loss=math.nan, diverged=False)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
@@ -216,7 +228,7 @@ def train_likelihood(model: InvertibleModel, dataset: Dataset, budget: Budget, d
     """
 
     def loss_fn(y: Tensor, ldj: Tensor, _labels: Tensor | None, step: int) -> Tensor:
-        loss = -(model.log_prob(y) + ldj).mean()
+        loss = training_loss(model, y, objective="likelihood", ldj=ldj)
         if regularizer is not None and regularizer.applies(step):
             loss = loss + regularizer.penalty(model, y)
         return loss
@@ -235,18 +247,17 @@ def train_classifier(model: InvertibleModel, dataset: Dataset, budget: Budget, d
 
     def loss_fn(y: Tensor, _ldj: Tensor, labels: Tensor | None, _step: int) -> Tensor:
         assert labels is not None
-        return F.cross_entropy(model.logits(y), labels)
+        return training_loss(model, y, labels, objective="classification")
 
     return _fit(model, dataset, budget, device, seed, loss_fn, dataset.train_y.long(), progress, "classification")
 
 
 def train_metrics(result: TrainResult) -> list[Metric]:
-    """``train_time`` (s) and ``train_steps``, with the loss curve and the stop reason in ``extra``."""
+    """``train_time`` (s) and ``train_steps`` (:data:`TRAIN_SPECS`), with the loss curve and the stop reason in
+    ``extra``."""
     extra = {"final_loss": result.final_loss, "diverged": result.diverged, "history": result.history,
              "reason": result.reason}
-    # no direction: under a time budget every model uses the same seconds; steps done show the speed
-    return [Metric("train_time", result.seconds, "s", None, extra=extra),
-            Metric("train_steps", float(result.steps), "steps", None)]
+    return [TRAIN_TIME(result.seconds, extra=extra), TRAIN_STEPS(float(result.steps))]
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
