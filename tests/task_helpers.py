@@ -15,7 +15,14 @@ from torch import Tensor, nn
 
 from bench.datasets.base import Dataset
 from bench.tasks.base import Budget, Metric, Task, TaskContext
-from models.base import Capabilities, InverseInfo, InvertibleModel
+from models.base import (
+    Capabilities,
+    EstimatorSettings,
+    InverseInfo,
+    InverseSettings,
+    InvertibleModel,
+    refuse_changes,
+)
 from models.template import LinearFlow
 
 D = 4
@@ -43,6 +50,7 @@ class SeriesResidual(InvertibleModel):
         self.weight = nn.Parameter(c * w / torch.linalg.matrix_norm(w, 2))
         self.bias = nn.Parameter(0.2 * torch.randn(self.dim, generator=g))
         self.terms, self.probes = terms, probes
+        self.solve = InverseSettings(solver="fixed_point", tol=1e-6, max_iter=max_iter)
         self.encode_calls = 0
 
     def jacobian_g(self, x: Tensor) -> Tensor:
@@ -77,26 +85,32 @@ class SeriesResidual(InvertibleModel):
 
     def inverse(self, z: Tensor) -> Tensor:
         x, history = z.clone(), []
-        cap = int(self._hparams["max_iter"])
-        for _ in range(cap):
+        tol = self.solve.tol or 1e-6
+        for _ in range(self.solve.max_iter):
             new = z - torch.tanh(x @ self.weight.T + self.bias)
             history.append(float((new - x).detach().abs().max()))
             x = new
-            if history[-1] < 1e-6:
+            if history[-1] < tol:
                 break
-        self.last_inverse = InverseInfo(iterations=len(history), residual=history[-1], converged=history[-1] < 1e-6,
+        self.last_inverse = InverseInfo(iterations=len(history), residual=history[-1], converged=history[-1] < tol,
                                         per_block=[len(history)], history=history)
         return x
 
-    def estimator_settings(self) -> dict[str, Any]:
-        return {"method": "series", "terms": self.terms, "probes": self.probes}
+    def estimator_settings(self) -> EstimatorSettings:
+        return EstimatorSettings(method="series", terms=self.terms, probes=self.probes)
 
-    def configure_estimator(self, **settings: Any) -> None:
-        self.terms = int(settings.get("terms", self.terms))
-        self.probes = int(settings.get("probes", self.probes))
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        refuse_changes(self.estimator_settings(), settings, ("terms", "probes"), "SeriesResidual")
+        self.terms, self.probes = settings.terms, settings.probes
+        self._hparams.update(terms=settings.terms, probes=settings.probes)
 
-    def configure_inverse(self, **settings: Any) -> None:
-        self._hparams.update(settings)
+    def inverse_settings(self) -> InverseSettings:
+        return self.solve
+
+    def configure_inverse(self, settings: InverseSettings) -> None:
+        refuse_changes(self.solve, settings, ("tol", "max_iter"), "SeriesResidual")
+        self.solve = settings
+        self._hparams.update(max_iter=settings.max_iter)
 
 
 class SaturatingFlow(InvertibleModel):

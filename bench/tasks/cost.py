@@ -5,8 +5,9 @@
   is the full ``forward`` (z and log-det, what ``log_prob`` costs), under ``no_grad`` except for log-det
   estimators (autograd); the inverse under ``no_grad``. Absolute figures depend on the machine: compare
   them within one run record.
-- ``train_memory_bytes``: memory of one training step's loss (``-log_prob`` for density models, the
-  cross-entropy of ``logits`` otherwise) in training mode: on the CPU the bytes of tensors saved for
+- ``train_memory_bytes``: memory of one training step's loss (:func:`models.loss.training_loss` for the
+  option ``objective``: the mean NLL for density models, the cross-entropy of ``logits`` otherwise) in training
+  mode: on the CPU the bytes of tensors saved for
   backward (``bench.memory.saved_tensor_bytes``, deterministic); on CUDA the peak allocation of forward
   plus backward above what was allocated before (``torch.cuda.max_memory_allocated``). Memory-saving
   models are measured with memory saving on; ``extra`` holds the ordinary-backprop figure beside it.
@@ -16,49 +17,67 @@
   depth gives 1 (Gomez et al., "The Reversible Residual Network", NeurIPS 2017), ordinary backprop grows
   linearly.
 
-Options: ``batch`` (256), ``train_batch`` (budget batch size), ``rounds`` (7), ``max_seconds`` (5, per direction),
-``depths``.
+The options are :class:`CostOptions`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
-from torch.nn import functional as F
 
-from bench.tasks.base import Metric, Task, TaskContext
+from bench.options import Options, opt
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.measure import (
+    GradOption,
     eval_inputs,
     failed_metrics,
     grad_context,
     measured_model,
+    options_of,
     reconstruction,
     resolve_grad_mode,
 )
 from bench.timing import throughput
 from models.base import InvertibleModel
+from models.loss import Objective, training_loss
 
-_SPECS: list[tuple[str, str, bool | None]] = [
-    ("forward_throughput", "examples/s", True),
-    ("inverse_throughput", "examples/s", True),
-    ("train_memory_bytes", "bytes", False),
-]
-_DEPTH: tuple[str, str, bool | None] = ("memory_depth_ratio", "ratio", False)
-
-
-def training_loss(model: InvertibleModel, x: Tensor, y: Tensor | None = None) -> Tensor:
-    """The scalar a training step differentiates: mean NLL (density) or cross-entropy of the logits."""
-    if model.capabilities.density:
-        return -model.log_prob(x).mean()
-    logits = model.logits(x)
-    if y is None:
-        return logits.logsumexp(dim=1).mean()
-    return F.cross_entropy(logits, y)
+FORWARD = MetricSpec("forward_throughput", "examples/s", "up", "examples per second of the full forward (z, log-det)")
+INVERSE = MetricSpec("inverse_throughput", "examples/s", "up", "examples per second of the inverse")
+MEMORY = MetricSpec("train_memory_bytes", "bytes", "down",
+                    "memory of one training step (CPU: bytes saved for backward; CUDA: peak allocation)")
+DEPTH = MetricSpec("memory_depth_ratio", "ratio", "down",
+                   "training-step memory at the largest depth over the smallest (memory-saving models)")
+SPECS: tuple[MetricSpec, ...] = (FORWARD, INVERSE, MEMORY, DEPTH)
 
 
-def step_memory(model: InvertibleModel, x: Tensor, y: Tensor | None, device: torch.device) -> dict[str, Any]:
+@dataclass(frozen=True)
+class CostOptions(Options):
+    """Options of the ``cost`` task (see the module docstring)."""
+
+    batch: int = field(default=256, metadata=opt("test examples per timed call", min=1))
+    train_batch: int | None = field(default=None, metadata=opt(
+        "examples in the measured training step (none: the budget's batch size)", min=1))
+    rounds: int = field(default=7, metadata=opt("timed rounds per direction", min=1))
+    max_seconds: float = field(default=5.0, metadata=opt("time limit per direction, seconds", min=0.0,
+                                                         min_exclusive=True))
+    depths: tuple[int, ...] = field(default=(2, 4, 8), metadata=opt(
+        "depths of the memory-against-depth curve (memory-saving models with a depth hyper-parameter)", min=1))
+    grad: GradOption = field(default="auto", metadata=opt(
+        "autograd mode of the timed calls (auto: grad only where the forward needs autograd for its log-det)"))
+    objective: Objective | None = field(default=None, metadata=opt(
+        "the objective the measured model is trained for and whose training step is measured (none: likelihood "
+        "for density models)"))
+
+    def __post_init__(self) -> None:
+        if len(self.depths) < 2:
+            raise ValueError(f"depths: give at least two depths, got {list(self.depths)}")
+
+
+def step_memory(model: InvertibleModel, x: Tensor, y: Tensor | None, device: torch.device,
+                objective: Objective | None = None) -> dict[str, Any]:
     """Memory of one training step of ``model`` on ``x`` (B, *shape), in training mode.
 
     Returns ``{"saved_tensor_bytes": int}`` and, on CUDA, ``"cuda_peak_bytes"`` (peak of forward + backward
@@ -66,15 +85,18 @@ def step_memory(model: InvertibleModel, x: Tensor, y: Tensor | None, device: tor
     """
     from bench.memory import cuda_peak_bytes, saved_tensor_bytes
 
+    def loss() -> Tensor:
+        return training_loss(model, x, y, objective=objective)
+
     def step() -> None:
-        training_loss(model, x, y).backward()
+        loss().backward()
         model.zero_grad(set_to_none=True)
 
     was_training = model.training
     model.train()
     try:
         with torch.enable_grad():
-            out: dict[str, Any] = {"saved_tensor_bytes": int(saved_tensor_bytes(lambda: training_loss(model, x, y)))}
+            out: dict[str, Any] = {"saved_tensor_bytes": int(saved_tensor_bytes(loss))}
             if device.type == "cuda":
                 out["cuda_peak_bytes"] = int(cuda_peak_bytes(step, device))
     finally:
@@ -90,20 +112,21 @@ class CostTask(Task):
     """Throughput both ways, training-step memory and memory against depth (see module docstring)."""
 
     name: ClassVar[str] = "cost"
+    Options = CostOptions
     requires_text: ClassVar[str] = "nothing beyond the contract (every model)"
-    metrics: ClassVar[tuple[str, ...]] = tuple(s[0] for s in _SPECS)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = SPECS
 
     def run(self, ctx: TaskContext) -> list[Metric]:
-        opts = ctx.options
-        model, result = measured_model(ctx)
+        opts = options_of(ctx, CostOptions)
+        model, result = measured_model(ctx, objective=opts.objective)
         caps = model.capabilities
-        specs = _SPECS + ([_DEPTH] if caps.memory_saving else [])
-        if getattr(result, "diverged", False):
+        specs = SPECS if caps.memory_saving else SPECS[:-1]
+        if result.diverged:
             return failed_metrics(specs, "diverged", "training diverged")
         model.eval()
-        mode = resolve_grad_mode(model, str(opts.get("grad", "auto")), full_forward=True)
-        inv_mode = resolve_grad_mode(model, str(opts.get("grad", "auto")), full_forward=False)
-        x = eval_inputs(ctx, int(opts.get("batch", 256)))
+        mode = resolve_grad_mode(model, opts.grad, full_forward=True)
+        inv_mode = resolve_grad_mode(model, opts.grad, full_forward=False)
+        x = eval_inputs(ctx, opts.batch)
         n = int(x.shape[0])
         z, _, _ = reconstruction(model, x, inv_mode)
 
@@ -115,45 +138,41 @@ class CostTask(Task):
             with grad_context(inv_mode):
                 model.inverse(z)
 
-        rounds, max_seconds = int(opts.get("rounds", 7)), float(opts.get("max_seconds", 5.0))
-        fwd = throughput(forward, n, rounds=rounds, device=ctx.device, max_seconds=max_seconds)
-        inv = throughput(inverse, n, rounds=rounds, device=ctx.device, max_seconds=max_seconds)
+        fwd = throughput(forward, n, rounds=opts.rounds, device=ctx.device, max_seconds=opts.max_seconds)
+        inv = throughput(inverse, n, rounds=opts.rounds, device=ctx.device, max_seconds=opts.max_seconds)
         common = {"batch": n, "dtype": str(x.dtype).replace("torch.", ""), "device": str(ctx.device)}
         metrics = [
-            Metric("forward_throughput", fwd.median, "examples/s", True,
-                   extra={**common, "grad_mode": mode, "what": "forward (z and log-det)", **fwd.as_extra()}),
-            Metric("inverse_throughput", inv.median, "examples/s", True,
-                   extra={**common, "grad_mode": inv_mode, **inv.as_extra()}),
+            FORWARD(fwd.median, extra={**common, "grad_mode": mode, "what": "forward (z and log-det)",
+                                       **fwd.as_extra()}),
+            INVERSE(inv.median, extra={**common, "grad_mode": inv_mode, **inv.as_extra()}),
         ]
 
-        xb, yb = self._train_batch(ctx)
+        xb, yb = self._train_batch(ctx, opts)
         if caps.memory_saving:
             model.set_memory_saving(False)
-            ordinary = step_memory(model, xb, yb, ctx.device)
+            ordinary = step_memory(model, xb, yb, ctx.device, opts.objective)
             model.set_memory_saving(True)
-        mem = step_memory(model, xb, yb, ctx.device)
+        mem = step_memory(model, xb, yb, ctx.device, opts.objective)
         mem_extra: dict[str, Any] = {**mem, "batch": int(xb.shape[0]),
                                      "method": "cuda_peak" if "cuda_peak_bytes" in mem else "saved_tensors"}
         if caps.memory_saving:
             mem_extra.update(memory_saving=True, bytes_ordinary=_bytes(ordinary))
-        metrics.append(Metric("train_memory_bytes", float(_bytes(mem)), "bytes", False, extra=mem_extra))
+        metrics.append(MEMORY(float(_bytes(mem)), extra=mem_extra))
         if caps.memory_saving:
-            metrics.append(self._depth_curve(ctx, xb, yb))
+            metrics.append(self._depth_curve(ctx, opts, xb, yb))
         return metrics
 
     @staticmethod
-    def _train_batch(ctx: TaskContext) -> tuple[Tensor, Tensor | None]:
-        n = int(ctx.options.get("train_batch", ctx.budget.batch_size))
-        x = eval_inputs(ctx, n)
+    def _train_batch(ctx: TaskContext, opts: CostOptions) -> tuple[Tensor, Tensor | None]:
+        x = eval_inputs(ctx, opts.train_batch or ctx.budget.batch_size)
         y = ctx.dataset.test_y[: x.shape[0]].to(ctx.device) if ctx.dataset.test_y is not None else None
         return x, y
 
     @staticmethod
-    def _depth_curve(ctx: TaskContext, x: Tensor, y: Tensor | None) -> Metric:
+    def _depth_curve(ctx: TaskContext, opts: CostOptions, x: Tensor, y: Tensor | None) -> Metric:
         if "depth" not in ctx.make_model().config():
-            return Metric(_DEPTH[0], None, _DEPTH[1], _DEPTH[2], status="unsupported",
-                          extra={"reason": "the model has no 'depth' hyper-parameter"})
-        depths = sorted(int(d) for d in ctx.options.get("depths", (2, 4, 8)))
+            return DEPTH(None, status="unsupported", extra={"reason": "the model has no 'depth' hyper-parameter"})
+        depths = sorted(opts.depths)
         saving: list[int] = []
         ordinary: list[int] = []
         for d in depths:
@@ -161,9 +180,8 @@ class CostTask(Task):
             m.data_init(x)
             for enabled, store in ((True, saving), (False, ordinary)):
                 m.set_memory_saving(enabled)
-                store.append(_bytes(step_memory(m, x, y, ctx.device)))
+                store.append(_bytes(step_memory(m, x, y, ctx.device, opts.objective)))
         ratio = saving[-1] / saving[0] if saving[0] > 0 else float("inf")
-        return Metric(_DEPTH[0], ratio, _DEPTH[1], _DEPTH[2],
-                      extra={"depth": depths, "bytes_saving": saving, "bytes_ordinary": ordinary,
-                             "ratio_ordinary": ordinary[-1] / ordinary[0] if ordinary[0] > 0 else None,
-                             "batch": int(x.shape[0])})
+        return DEPTH(ratio, extra={"depth": depths, "bytes_saving": saving, "bytes_ordinary": ordinary,
+                                   "ratio_ordinary": ordinary[-1] / ordinary[0] if ordinary[0] > 0 else None,
+                                   "batch": int(x.shape[0])})

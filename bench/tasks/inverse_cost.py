@@ -12,42 +12,71 @@ The forward unit: one evaluation of ``x -> z`` without the log-det (``model.enco
 overrides it, else ``forward``), so that "forward passes" means evaluating the network, as in the papers'
 "the inverse costs 5-20 forward passes", not the network plus its log-det series. Both directions run
 under ``torch.no_grad()`` unless the forward computes a log-det estimate (autograd), then both with grad
-enabled (option ``grad``: ``"auto"``, ``"no_grad"``, ``"grad"``). Where the unit is ``encode``,
+enabled (option ``grad``). Where the unit is ``encode``,
 ``extra["fwd_units_full_forward"]`` also gives the ratio against the full ``forward`` (z and log-det).
 
-Options: ``batch`` (128), ``rounds`` (11), ``warmup`` (2), ``max_seconds`` (10, per ratio; at least 3
-rounds are taken), ``curve_rounds`` (3), ``curve_max_iter`` (default: the next power of two above the iterations used),
-``full_forward_ratio`` (True).
+The curve sets the cap through the model's :class:`models.base.InverseSettings` (``inverse_settings()`` /
+``configure_inverse``, restored afterwards); an iterative inverse without them gets its residual history only.
+The options are :class:`InverseCostOptions`.
 
 The helpers the measurement tasks share live in :mod:`bench.tasks.measure`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from torch import Tensor
 
 from bench.lipschitz import has_latent_map, latent_map
-from bench.tasks.base import Metric, Task, TaskContext
+from bench.options import Options, opt
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.measure import (
+    GradMode,
+    GradOption,
     eval_inputs,
     failed_metrics,
     grad_context,
+    inverse_settings,
     measured_model,
+    options_of,
     reconstruction,
     resolve_grad_mode,
 )
 from bench.timing import time_ratio
 from models.base import InverseInfo, InvertibleModel
+from models.loss import Objective
 
-_SPECS: list[tuple[str, str, bool | None]] = [
-    ("inverse_fwd_units", "fwd passes", False),
-    ("inverse_iters", "iterations", False),
-    ("recon_err", "max abs error", False),
-]
+FWD_UNITS = MetricSpec("inverse_fwd_units", "fwd passes", "down",
+                       "median time(inverse) / time(forward unit) over alternating rounds")
+ITERS = MetricSpec("inverse_iters", "iterations", "down", "iterations the inverse used (max over blocks; 0: analytic)")
+RECON = MetricSpec("recon_err", "max abs error", "down",
+                   "max |f^-1(f(x)) - x| on test data in float32 (extra: the error/cost curve of iterative inverses)")
+SPECS: tuple[MetricSpec, ...] = (FWD_UNITS, ITERS, RECON)
+
+
+@dataclass(frozen=True)
+class InverseCostOptions(Options):
+    """Options of the ``inverse_cost`` task (see the module docstring)."""
+
+    batch: int = field(default=128, metadata=opt("test examples per timed call", min=1))
+    rounds: int = field(default=11, metadata=opt("alternating timing rounds per ratio", min=1))
+    warmup: int = field(default=2, metadata=opt("untimed warm-up rounds", min=0))
+    max_seconds: float = field(default=10.0, metadata=opt(
+        "time limit per ratio, seconds (at least 3 rounds are taken)", min=0.0, min_exclusive=True))
+    curve_rounds: int = field(default=3, metadata=opt("timing rounds per point of the iteration-cap curve", min=1))
+    curve_max_iter: int | None = field(default=None, metadata=opt(
+        "largest iteration cap of the curve (none: the next power of two above the iterations used)", min=1))
+    full_forward_ratio: bool = field(default=True, metadata=opt(
+        "also time the inverse against the full forward (z and log-det) where the unit is encode"))
+    grad: GradOption = field(default="auto", metadata=opt(
+        "autograd mode of both directions (auto: grad only where the forward needs autograd for its log-det)"))
+    objective: Objective | None = field(default=None, metadata=opt(
+        "the objective the measured model is trained for (none: likelihood for density models)"))
 
 
 def _pow2_caps(limit: int) -> list[int]:
@@ -60,30 +89,23 @@ def _pow2_caps(limit: int) -> list[int]:
     return sorted(set(caps))
 
 
-def _max_iter_setting(model: InvertibleModel) -> dict[str, Any]:
-    """The model's current ``max_iter`` (from ``inverse_settings()`` or ``config()``), to restore afterwards."""
-    settings = getattr(model, "inverse_settings", None)
-    source = settings() if callable(settings) else model.config()
-    return {"max_iter": source["max_iter"]} if "max_iter" in source else {}
-
-
 class InverseCostTask(Task):
     """Inverse cost in forward-pass units, iterations used and reconstruction error (see module docstring)."""
 
     name: ClassVar[str] = "inverse_cost"
+    Options = InverseCostOptions
     requires_text: ClassVar[str] = "an inverse (every model)"
-    metrics: ClassVar[tuple[str, ...]] = tuple(s[0] for s in _SPECS)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = SPECS
 
     def run(self, ctx: TaskContext) -> list[Metric]:
-        opts = ctx.options
-        model, result = measured_model(ctx)
-        if getattr(result, "diverged", False):
-            return failed_metrics(_SPECS, "diverged", "training diverged")
+        opts = options_of(ctx, InverseCostOptions)
+        model, result = measured_model(ctx, objective=opts.objective)
+        if result.diverged:
+            return failed_metrics(SPECS, "diverged", "training diverged")
         model.eval()
         caps = model.capabilities
-        grad_opt = str(opts.get("grad", "auto"))
-        mode = resolve_grad_mode(model, grad_opt, full_forward=False)
-        x = eval_inputs(ctx, int(opts.get("batch", 128)))
+        mode = resolve_grad_mode(model, opts.grad, full_forward=False)
+        x = eval_inputs(ctx, opts.batch)
         z, err, info = reconstruction(model, x, mode)
         encode = latent_map(model)
 
@@ -95,15 +117,15 @@ class InverseCostTask(Task):
             with grad_context(mode):
                 encode(x)
 
-        timing: dict[str, Any] = {"rounds": int(opts.get("rounds", 11)), "warmup": int(opts.get("warmup", 2)),
-                                  "device": ctx.device, "max_seconds": float(opts.get("max_seconds", 10.0))}
+        timing: dict[str, Any] = {"rounds": opts.rounds, "warmup": opts.warmup, "device": ctx.device,
+                                  "max_seconds": opts.max_seconds}
         stats = time_ratio(inverse, forward, **timing)
         common: dict[str, Any] = {"batch": int(x.shape[0]), "dtype": str(x.dtype).replace("torch.", ""),
                                   "grad_mode": mode, "inverse": caps.inverse, "converged": info.converged,
                                   "forward_unit": "encode" if has_latent_map(model) else "forward"}
         units_extra = {**common, **stats.as_extra()}
-        if common["forward_unit"] == "encode" and bool(opts.get("full_forward_ratio", True)):
-            full_mode = resolve_grad_mode(model, grad_opt, full_forward=True)
+        if common["forward_unit"] == "encode" and opts.full_forward_ratio:
+            full_mode = resolve_grad_mode(model, opts.grad, full_forward=True)
 
             def full_forward() -> None:
                 with grad_context(full_mode):
@@ -118,42 +140,40 @@ class InverseCostTask(Task):
                                full_forward_q25=full.q25, full_forward_q75=full.q75)
         curve = self._curve(model, x, info, mode, inverse, forward, opts, ctx) if caps.inverse == "iterative" else {}
         status = "ok" if info.converged else "not_converged"
+        solve = model.inverse_settings()
+        if solve is not None:
+            common["inverse_settings"] = dataclasses.asdict(solve)
         return [
-            Metric("inverse_fwd_units", stats.median, "fwd passes", False, status, extra=units_extra),
-            Metric("inverse_iters", float(info.iterations), "iterations", False, status,
-                   extra={**common, "per_block": list(info.per_block), "residual": info.residual}),
-            Metric("recon_err", float(err.max()), "max abs error", False, status,
-                   extra={**common, "median": float(err.median()), **curve}),
+            FWD_UNITS(stats.median, status=status, extra={**common, **units_extra}),
+            ITERS(float(info.iterations), status=status,
+                  extra={**common, "per_block": list(info.per_block), "residual": info.residual}),
+            RECON(float(err.max()), status=status, extra={**common, "median": float(err.median()), **curve}),
         ]
 
     @staticmethod
-    def _curve(model: InvertibleModel, x: Tensor, info: InverseInfo, mode: str, inverse: Callable[[], None],
-               forward: Callable[[], None], opts: dict[str, Any], ctx: TaskContext) -> dict[str, Any]:
+    def _curve(model: InvertibleModel, x: Tensor, info: InverseInfo, mode: GradMode, inverse: Callable[[], None],
+               forward: Callable[[], None], opts: InverseCostOptions, ctx: TaskContext) -> dict[str, Any]:
         """Reconstruction error and cost against iteration caps 1, 2, 4, ... (iterative inverses).
 
-        Needs the model hook ``configure_inverse(max_iter=...)`` (and ``max_iter`` in ``inverse_settings()`` or
-        ``config()`` to restore it); without it only the residual history of the full inverse is stored.
+        Sets each cap through ``configure_inverse`` (restored afterwards); a model without
+        ``inverse_settings()`` gets only the residual history of the full inverse.
         """
-        configure = getattr(model, "configure_inverse", None)
-        saved = _max_iter_setting(model)
-        if not callable(configure) or not saved:
+        saved = model.inverse_settings()
+        if saved is None:
             return {"residual_history": list(info.history),
-                    "curve_note": "the model has no configure_inverse(max_iter=...); residual history only"}
-        limit = int(opts.get("curve_max_iter", 2 ** math.ceil(math.log2(max(info.iterations, 1)))))
+                    "curve_note": "the model reports no inverse_settings(); residual history only"}
+        limit = opts.curve_max_iter or 2 ** math.ceil(math.log2(max(info.iterations, 1)))
         iters: list[int] = []
         used: list[int] = []
         errs: list[float] = []
         units: list[float] = []
-        try:
-            for cap in _pow2_caps(limit):
-                configure(max_iter=cap)
+        for cap in _pow2_caps(limit):
+            with inverse_settings(model, dataclasses.replace(saved, max_iter=cap)):
                 _, err, info_k = reconstruction(model, x, mode)
                 iters.append(cap)
                 used.append(int(info_k.iterations))
                 errs.append(float(err.max()))
-                stats = time_ratio(inverse, forward, rounds=int(opts.get("curve_rounds", 3)), warmup=1,
-                                   device=ctx.device, max_seconds=float(opts.get("max_seconds", 10.0)) / 4)
+                stats = time_ratio(inverse, forward, rounds=opts.curve_rounds, warmup=1, device=ctx.device,
+                                   max_seconds=opts.max_seconds / 4)
                 units.append(stats.median)
-        finally:
-            configure(**saved)
         return {"iters": iters, "iters_used": used, "recon_err": errs, "fwd_units": units}
