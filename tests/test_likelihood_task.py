@@ -110,10 +110,10 @@ def test_kl_gap_only_with_known_entropy() -> None:
 
 
 def test_supports_density_models_of_the_right_input_kind() -> None:
-    dataset, _ = gaussian_dataset(2, n=10)
-    assert LikelihoodTask.supports(Capabilities(density=True), dataset)
-    assert not LikelihoodTask.supports(Capabilities(density=False, classifier=True), dataset)
-    assert not LikelihoodTask.supports(Capabilities(inputs=("image",)), dataset)
+    info = gaussian_dataset(2, n=10)[0].info
+    assert LikelihoodTask.supports(Capabilities(density=True), info)
+    assert not LikelihoodTask.supports(Capabilities(density=False, classifier=True), info)
+    assert not LikelihoodTask.supports(Capabilities(inputs=("image",)), info)
 
 
 class NaNFlow(LinearFlow):

@@ -262,7 +262,7 @@ def test_fd_quotients_match_the_exact_expectation_for_a_linear_map() -> None:
         assert abs(float(sq.mean() - exact)) < 4 * float(sq.std()) / math.sqrt(n)
 
 
-def test_fd_penalty_is_weighted_mean_and_differentiable() -> None:
+def test_fd_penalty_is_the_weighted_sum_of_squares_and_differentiable() -> None:
     model = LinearFlow((3,), singular_values=[2.0, 1.0, 0.5])
     reg = FDRegularizer(eps=0.01, weight=0.3)
     x = torch.randn(64, 3)
@@ -270,7 +270,9 @@ def test_fd_penalty_is_weighted_mean_and_differentiable() -> None:
     fwd, inv = reg.quotients(model, x)
     torch.manual_seed(1)
     pen = reg.penalty(model, x)
-    assert float(pen.detach()) == pytest.approx(0.3 * float((fwd.mean() + inv.mean()).detach()), rel=1e-6)
+    # weight * sum_b ||difference_b||^2 / eps = weight * eps * sum_b q_b^2 (the authors' form)
+    assert float(pen.detach()) == pytest.approx(0.3 * 0.01 * float(((fwd**2).sum() + (inv**2).sum()).detach()),
+                                                rel=1e-6)
     pen.backward()
     assert model.weight.grad is not None and bool(torch.isfinite(model.weight.grad).all())
     assert float(model.weight.grad.abs().sum()) > 0
@@ -297,7 +299,7 @@ def test_fd_regulariser_reduces_inverse_lipschitz() -> None:
     dataset = vector_dataset(n=512, stds=[4.0, 1.0])
     budget = Budget(steps=150, batch_size=128, lr=0.05)
     lips = []
-    for reg in (None, FDRegularizer(eps=0.01, weight=1.0)):
+    for reg in (None, FDRegularizer(eps=0.01, weight=1.0, every=1)):
         model = LinearFlow((2,))
         result = train_likelihood(model, dataset, budget, CPU, seed=0, regularizer=reg)
         assert not result.diverged
@@ -362,10 +364,10 @@ def test_classification_divergence_and_support() -> None:
     acc = {m.name: m for m in ClassificationTask().run(ctx)}["test_accuracy"]
     assert acc.status == "diverged" and acc.value is None
     caps = TinyClassifier.capabilities
-    assert ClassificationTask.supports(caps, dataset)
-    assert not ClassificationTask.supports(LinearFlow.capabilities, dataset)
+    assert ClassificationTask.supports(caps, dataset.info)
+    assert not ClassificationTask.supports(LinearFlow.capabilities, dataset.info)
     unlabelled = vector_dataset()
-    assert not ClassificationTask.supports(caps, unlabelled)
+    assert not ClassificationTask.supports(caps, unlabelled.info)
     with pytest.raises(ValueError, match="no labels"):
         train_classifier(TinyClassifier((2,), num_classes=2), unlabelled, Budget(steps=1), CPU, seed=0)
 

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.training import (
@@ -62,7 +62,7 @@ class ClassificationTask(Task):
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = (TEST_ACCURACY, *TRAIN_SPECS)
 
     @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
+    def supports(cls, caps: Capabilities, dataset: DatasetInfo) -> bool:
         return caps.classifier and dataset.num_classes is not None and dataset.kind in caps.inputs
 
     def run(self, ctx: TaskContext) -> list[Metric]:

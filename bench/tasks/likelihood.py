@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, near, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext, save_artifact
 from bench.tasks.measure import estimator_settings
@@ -78,7 +78,7 @@ class LikelihoodOptions(Options):
 
 TEST_NLL = MetricSpec("test_nll", "nats", "down", "negative log-likelihood of the test set, nats per example")
 TEST_BPD = MetricSpec("test_bpd", "bits/dim", "down",
-                      "test NLL in bits per dimension; for discrete data of the integer levels (+ D ln levels)")
+                      "test NLL per dimension in bits; for discrete data (NLL + D ln levels) / (D ln 2)")
 KL_GAP = MetricSpec("kl_gap", "nats", "down",
                     "test NLL minus the data's differential entropy: an estimate of KL(p_data || p_model), floor 0")
 DENSITY_SPECS = (TEST_NLL, TEST_BPD, KL_GAP)
@@ -251,7 +251,7 @@ class LikelihoodTask(Task):
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = (*DENSITY_SPECS, *TRAIN_SPECS)
 
     @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
+    def supports(cls, caps: Capabilities, dataset: DatasetInfo) -> bool:
         return caps.density and dataset.kind in caps.inputs
 
     def run(self, ctx: TaskContext) -> list[Metric]:
