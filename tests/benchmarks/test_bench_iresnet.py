@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from bench.timing import time_ratio
 from models.actnorm import ActNorm
+from models.base import InverseSettings
 from models.iresnet import IResNetNative, ResidualBlock, ResidualNet
 from models.logdet_estimators import EstimatorSettings
 from models.spectral_norm import SpectralNormLinear
@@ -168,7 +169,7 @@ def test_inverse_cost_in_forward_units(benchmark: Any) -> None:
     results: dict[str, dict[str, Any]] = {}
     for solver in ("fixed_point", "anderson"):
         for tol in (1e-5, 3e-6, 1e-6, 3e-7):  # the loosest tolerance that reaches the target error (float32)
-            model.configure_inverse(solver=solver, inverse_tol=tol)
+            model.configure_inverse(InverseSettings(solver=solver, tol=tol))
             x_rec, info = model.invert(z)
             err = (x_rec - x).abs().max().item()
             if err <= 1e-5 and info.converged:
@@ -181,7 +182,7 @@ def test_inverse_cost_in_forward_units(benchmark: Any) -> None:
     freia_stats = time_ratio(lambda: freia.inverse(z), lambda: freia(x), rounds=31, max_seconds=30)
     results["freia"] = {"forward_units": freia_stats.median, "iqr": [freia_stats.q25, freia_stats.q75],
                         "iterations_per_block": [50] * len(model.blocks), "reconstruction_error": freia_err}
-    model.configure_inverse(solver="fixed_point", inverse_tol=results["fixed_point"]["tol"])
+    model.configure_inverse(InverseSettings(solver="fixed_point", tol=results["fixed_point"]["tol"]))
     head_to_head = time_ratio(lambda: freia.inverse(z), lambda: model.inverse(z), rounds=31, max_seconds=30)
     benchmark.pedantic(lambda: model.inverse(z), rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update({"inverse": results, "freia_over_native_plain_inverse": head_to_head.median,
