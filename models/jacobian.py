@@ -1,35 +1,225 @@
-"""Exact Jacobians by autograd, the reference every log-det and Lipschitz estimate is checked against."""
+"""Jacobians by autograd: the one utility every exact log-det, Lipschitz estimate and conformance check uses.
+
+A map here is ``fn: (B, *shape) -> (B, *shape_out)`` and its per-example Jacobian ``J_b = d fn(x)_b / d x_b`` is
+returned as ``(B, D_out, D_in)`` with ``D = prod(shape)``. Three ways to get the full Jacobian:
+
+- :func:`batch_jacobian` with ``batched=False`` (the reference): one call of ``fn`` per example on a batch of
+  one, so it is right for any map, including one whose examples interact (batch statistics in training mode);
+  costs B forward calls and B x D_out backward passes.
+- :func:`batch_jacobian` with ``batched=True``: one forward of the whole batch and ``D_out`` backward passes,
+  row ``i`` of every example's Jacobian at once (``sum_b y_b[i]`` differentiated by ``x``). Needs a map that
+  treats examples independently (``eval()`` mode), so that the batched Jacobian is block diagonal.
+- :func:`jacobian_by_replicas`: each example repeated ``D`` times, copy ``j`` differentiated along the unit
+  vector ``e_j``, so one forward and one backward pass over ``B x D`` rows give all ``B`` Jacobians and the
+  outputs; for square maps (bijections) of moderate ``B x D`` (callers chunk the batch). Same independence
+  condition.
+
+From the Jacobian: :func:`jacobian_slogdet` (``log|det J|``) and :func:`jacobian_singular_values`. Without it, at
+large D: :class:`JacobianProducts` gives ``J v`` and ``J^T u`` from one forward graph, and :func:`power_sigma_max`
+/ :func:`power_sigma_min` find the extreme singular values by power iteration on ``J^T J`` and by inverse
+iteration with conjugate-gradient solves.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+Map = Callable[[Tensor], Tensor]
 
-def batch_jacobian(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Per-example Jacobians of a batch-independent map.
+__all__ = ["JacobianProducts", "Map", "batch_jacobian", "jacobian_by_replicas", "jacobian_singular_values",
+           "jacobian_slogdet", "power_sigma_max", "power_sigma_min"]
 
-    ``fn``: (B, *shape) -> (B, *shape_out); ``x``: (B, *shape). Returns (B, D_out, D_in) with
-    D = prod(shape). Costs one ``jacobian`` call per example; meant for small D.
+
+# ----------------------------------------------------------------------------------------- full Jacobian
+def batch_jacobian(fn: Map, x: Tensor, *, batched: bool = False, create_graph: bool = False) -> Tensor:
+    """Per-example Jacobians: ``x``: (B, *shape) -> (B, D_out, D_in).
+
+    Args:
+        fn: the map (see the module docstring).
+        x: the points.
+        batched: False: one call of ``fn`` per example (any map); True: one batched forward and ``D_out``
+            backward passes (``fn`` must treat examples independently).
+        create_graph: keep the graph, so the Jacobian can be differentiated (e.g. by the parameters of ``fn``);
+            otherwise it is returned detached.
     """
-    shape = x.shape[1:]
+    if not batched:
+        shape = x.shape[1:]
+        rows = []
+        for xi in x:
+            def single(v: Tensor, _shape: torch.Size = shape) -> Tensor:
+                return fn(v.reshape(1, *_shape)).reshape(-1)
+
+            rows.append(torch.autograd.functional.jacobian(single, xi.reshape(-1).detach(),
+                                                           create_graph=create_graph))
+        return torch.stack(rows)
+    x = x.detach().requires_grad_(True)
     rows = []
-    for xi in x:
-        def single(v: Tensor, _shape: torch.Size = shape) -> Tensor:
-            return fn(v.reshape(1, *_shape)).reshape(-1)
-
-        j = torch.autograd.functional.jacobian(single, xi.reshape(-1).detach())
-        rows.append(j)
-    return torch.stack(rows)
-
-
-def jacobian_slogdet(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Exact ``log|det dfn/dx|`` per example. ``x``: (B, *shape) -> (B,)."""
-    return torch.linalg.slogdet(batch_jacobian(fn, x))[1]
+    with torch.enable_grad():
+        flat = fn(x).reshape(x.shape[0], -1)
+        for i in range(flat.shape[1]):
+            (g,) = torch.autograd.grad(flat[:, i].sum(), x, retain_graph=create_graph or i + 1 < flat.shape[1],
+                                       create_graph=create_graph, allow_unused=True)
+            rows.append(torch.zeros_like(x) if g is None else g)
+    jac = torch.stack([r.reshape(r.shape[0], -1) for r in rows], dim=1)
+    return jac if create_graph else jac.detach()
 
 
-def jacobian_singular_values(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Singular values of each example's Jacobian, descending. ``x``: (B, *shape) -> (B, D)."""
-    return torch.linalg.svdvals(batch_jacobian(fn, x))
+def jacobian_by_replicas(fn: Map, x: Tensor, *, create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """Outputs and per-example Jacobians of a square map from one forward and one backward pass over B x D rows.
+
+    ``x``: (B, *shape) -> (``fn(x)``: (B, *shape_out), (B, D, D)); ``fn`` must treat examples independently and
+    have ``D_out = D_in = D``. Detached unless ``create_graph``.
+    """
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    rep = x.detach().repeat_interleave(d, dim=0).requires_grad_(True)
+    with torch.enable_grad():
+        y_rep = fn(rep)
+        if math.prod(y_rep.shape[1:]) != d:
+            raise ValueError(f"jacobian_by_replicas needs a square map; got D_in {d}, D_out "
+                             f"{math.prod(y_rep.shape[1:])}")
+        eye = torch.eye(d, device=x.device, dtype=y_rep.dtype).repeat(b, 1)
+        (rows,) = torch.autograd.grad(y_rep.reshape(b * d, d), rep, grad_outputs=eye, create_graph=create_graph)
+    jac = rows.reshape(b, d, d)
+    y = y_rep.reshape(b, d, *y_rep.shape[1:])[:, 0]
+    return (y, jac) if create_graph else (y.detach(), jac.detach())
+
+
+def jacobian_slogdet(fn: Map, x: Tensor, *, batched: bool = False, create_graph: bool = False) -> Tensor:
+    """Exact ``log|det d fn / dx|`` per example. ``x``: (B, *shape) -> (B,). Options as :func:`batch_jacobian`;
+    with ``create_graph`` the result is differentiable by the parameters of ``fn``."""
+    return torch.linalg.slogdet(batch_jacobian(fn, x, batched=batched, create_graph=create_graph))[1]
+
+
+def jacobian_singular_values(fn: Map, x: Tensor, *, batched: bool = False) -> Tensor:
+    """Singular values of each example's Jacobian, descending: (B, *shape) -> (B, min(D_out, D_in)).
+
+    Examples whose Jacobian has a non-finite entry (an overflow out of distribution) get NaN rows.
+    """
+    jac = batch_jacobian(fn, x, batched=batched)
+    finite = torch.isfinite(jac).flatten(1).all(dim=1)
+    out = torch.full((jac.shape[0], min(jac.shape[1:])), float("nan"), dtype=jac.dtype, device=jac.device)
+    if bool(finite.any()):
+        out[finite] = torch.linalg.svdvals(jac[finite])
+    return out
+
+
+# ----------------------------------------------------------------------------------------- products
+class JacobianProducts:
+    """``J v`` and ``J^T u`` for every point of a batch, from one forward graph of ``fn`` at ``x``.
+
+    ``J^T u`` is one vector-Jacobian product; ``J v`` is the double-backward trick ``J v = d/du <J^T u, v>``
+    (``J^T u`` is linear in ``u``), so both reuse the graph built once here. ``fn`` must treat examples
+    independently. ``trivial`` is True when the output does not depend on ``x`` through autograd.
+    """
+
+    def __init__(self, fn: Map, x: Tensor) -> None:
+        self.x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            self.y = fn(self.x)
+            self._u = torch.zeros_like(self.y, requires_grad=True)
+            self.trivial = not self.y.requires_grad
+            self._jtu = self._u
+            if not self.trivial:
+                (self._jtu,) = torch.autograd.grad(self.y, self.x, self._u, create_graph=True)
+
+    def vjp(self, u: Tensor) -> Tensor:
+        """``J^T u``: (B, *shape_out) -> (B, *shape)."""
+        (g,) = torch.autograd.grad(self.y, self.x, u, retain_graph=True)
+        return g.detach()
+
+    def jvp(self, v: Tensor) -> Tensor:
+        """``J v``: (B, *shape) -> (B, *shape_out)."""
+        (g,) = torch.autograd.grad(self._jtu, self._u, v, retain_graph=True, allow_unused=True)
+        return torch.zeros_like(self.y) if g is None else g.detach()
+
+
+def _rownorm(t: Tensor) -> Tensor:
+    return t.reshape(t.shape[0], -1).norm(dim=1)
+
+
+def _normalise(t: Tensor) -> Tensor:
+    n = _rownorm(t).clamp_min(torch.finfo(t.dtype).tiny)
+    return t / n.reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def _start_vector(x: Tensor, seed: int) -> Tensor:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return _normalise(torch.randn(x.shape, generator=g, dtype=x.dtype).to(x.device))
+
+
+def power_sigma_max(fn: Map, x: Tensor, iters: int = 100, tol: float = 1e-7, seed: int = 0) -> Tensor:
+    """Largest singular value of each example's Jacobian by power iteration on ``J^T J``: (B, *shape) -> (B,).
+
+    Each iteration costs one JVP and one VJP; stops when every point's estimate changes by less than ``tol``
+    relatively. The estimate ``||J v||`` with unit ``v`` approaches ``sigma_max`` from below. The start vector
+    is drawn from a generator seeded with ``seed``.
+    """
+    ops = JacobianProducts(fn, x)
+    if ops.trivial:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    v = _start_vector(x, seed)
+    sigma = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        jv = ops.jvp(v)
+        new = _rownorm(jv)
+        v = _normalise(ops.vjp(jv))
+        done = bool(((new - sigma).abs() <= tol * new.abs().clamp_min(1e-30)).all())
+        sigma = new
+        if done:
+            break
+    return sigma
+
+
+def _batched_cg(apply: Map, b: Tensor, iters: int, tol: float) -> Tensor:
+    """Solve ``A w = b`` per example for a symmetric positive definite batched operator ``apply``:
+    (B, *shape) -> (B, *shape)."""
+    def dot(p: Tensor, q: Tensor) -> Tensor:
+        return (p * q).reshape(p.shape[0], -1).sum(dim=1).reshape(-1, *([1] * (p.dim() - 1)))
+
+    w = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = dot(r, r)
+    b_norm = dot(b, b).sqrt()
+    for _ in range(iters):
+        ap = apply(p)
+        alpha = rr / dot(p, ap).clamp_min(torch.finfo(b.dtype).tiny)
+        w = w + alpha * p
+        r = r - alpha * ap
+        rr_new = dot(r, r)
+        if bool((rr_new.sqrt() <= tol * b_norm).all()):
+            break
+        p = r + (rr_new / rr.clamp_min(torch.finfo(b.dtype).tiny)) * p
+        rr = rr_new
+    return w
+
+
+def power_sigma_min(fn: Map, x: Tensor, iters: int = 50, tol: float = 1e-7, cg_iters: int | None = None,
+                    cg_tol: float = 1e-10, seed: int = 0) -> Tensor:
+    """Smallest singular value of each example's Jacobian by inverse iteration: (B, *shape) -> (B,).
+
+    ``v <- (J^T J)^-1 v`` with the solve done by conjugate gradients on JVP/VJP products (``cg_iters`` defaults
+    to 2 D). Accurate while ``cond(J)^2`` is well inside the dtype's range.
+    """
+    ops = JacobianProducts(fn, x)
+    if ops.trivial:
+        return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    cg_iters = cg_iters if cg_iters is not None else 2 * x[0].numel()
+
+    def normal(v: Tensor) -> Tensor:
+        return ops.vjp(ops.jvp(v))
+
+    v = _start_vector(x, seed)
+    sigma = torch.full((x.shape[0],), float("inf"), dtype=x.dtype, device=x.device)
+    for _ in range(iters):
+        v = _normalise(_batched_cg(normal, v, cg_iters, cg_tol))
+        new = _rownorm(ops.jvp(v))
+        done = bool(((new - sigma).abs() <= tol * new.abs().clamp_min(1e-30)).all())
+        sigma = new
+        if done:
+            break
+    return sigma
