@@ -1,64 +1,154 @@
 """The ``stability`` task: bi-Lipschitz estimates and exploding inverses, in and out of distribution.
 
-Following Behrmann et al., "Understanding and Mitigating Exploding Inverses in Invertible Neural
-Networks" (AISTATS 2021), the trained model is probed on four (or five) kinds of input, all in the space
-the model sees (after the data set's pre-processing):
+Following Behrmann et al., "Understanding and Mitigating Exploding Inverses in Invertible Neural Networks"
+(AISTATS 2021), the trained model (the model as initialised with budget ``steps = 0``) is probed on several kinds
+of input, all in the space the model sees (after the data set's pre-processing):
 
 - ``test``: test data (discrete data dequantised with seeded noise);
 - ``noise``: Gaussian noise with the test data's per-dimension mean and standard deviation;
 - ``uniform``: uniform noise over the test data's per-dimension bounding box;
-- ``scaled``: test data times ``scale`` (option, default 2);
-- ``ood``: another data set's test data (option ``ood_dataset``: a name for ``bench.datasets.load``, a dict
-  ``{name, **load options}`` or a :class:`Dataset`; it must have the same shape; the model's own
-  pre-processing is applied).
+- ``scaled``: test data times ``scale``;
+- ``ood``: another data set's test data (option ``ood_dataset``); it must have the model's shape, and the
+  model's own pre-processing is applied.
 
-For each kind, metric names carry the kind after ``@`` (``lip_forward@noise``) and ``extra["input"]``:
+Metrics (:data:`STABILITY_SPECS`), one row each per input kind, the kind in the row's ``input`` field:
 
-- ``lip_forward``, ``lip_inverse``: max over points of the local Lipschitz constants of ``f`` at ``x`` and
-  of ``f^-1`` at ``f(x)`` (:mod:`bench.lipschitz`, computed on a float64 copy of the model; median in
-  extra); ``condition``: max over points of their product.
+- ``lip_forward``, ``lip_inverse``: max over points of the local Lipschitz constants of ``f`` at ``x`` and of
+  ``f^-1`` at ``f(x)``, ``sigma_max(J_f(x))`` and ``1 / sigma_min(J_f(x))`` (:mod:`bench.lipschitz`, on a float64
+  copy of the model; the median in ``extra``); ``condition``: max over points of their product.
 - ``recon_err_f32``: max over finite reconstructions of ``max |f^-1(f(x)) - x|``, the model as trained;
   ``recon_err_f64``: the same on a float64 copy of the model and inputs.
-- ``nonfinite_frac``: fraction of float32 reconstructions that are non-finite or exploded (error above
-  ``explode_threshold``, default 1).
-- ``memgrad_rel_err`` (memory-saving models): ``||g_saving - g_ordinary|| / ||g_ordinary||`` of the
-  parameter gradients of one loss on the batch with ``set_memory_saving(True)`` and ``(False)``.
+- ``nonfinite_frac``: share of float32 reconstructions with a NaN or an Inf entry, or a finite error above
+  ``explode_threshold`` (``extra``: ``n_nonfinite`` and ``n_above_threshold``).
+- ``memgrad_rel_err`` (memory-saving models only): ``||g_saving - g_stored|| / ||g_stored||`` of the parameter
+  gradients of one training loss (:func:`models.loss.training_loss`) with ``set_memory_saving(True)`` and
+  ``(False)``.
 
-With option ``regularizer = {eps, weight, every}`` a second model is trained with the bi-directional
-finite-difference regulariser (``bench.regularizers.FDRegularizer``, Behrmann et al. 2021) and every metric
-is reported again with the suffix ``+reg`` (``lip_inverse@noise+reg``); ``regularizer_models`` (a list of
-model names) limits that second training to those models.
+With option ``regularizer`` (a table ``{eps, weight, every}``; ``{}`` takes the authors' settings, see
+:class:`bench.regularizers.RegularizerOptions`) a second model is trained with the bi-directional
+finite-difference regulariser (:class:`bench.regularizers.FDRegularizer`) and every metric is reported again
+with ``variant = "reg"`` (its settings in ``extra["regularizer"]``); ``regularizer_models`` limits that second
+training to the models named. The regulariser applies to the likelihood objective: a model trained for
+classification gets ``unsupported`` rows for the ``reg`` variant.
 
-Options: ``points`` (128, reconstructions), ``lip_points`` (32, Lipschitz estimates), ``grad_points`` (64),
-``scale`` (2.0), ``ood_dataset``, ``explode_threshold`` (1.0), ``exact_max_dim`` (64), ``power_iters`` (100),
-``kinds`` (subset of the kinds above), ``regularizer``, ``regularizer_models``.
+The options are :class:`StabilityOptions`, validated when the suite loads.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
 
 from bench.datasets.base import Dataset
 from bench.lipschitz import local_lipschitz
-from bench.tasks.base import Metric, Task, TaskContext
-from bench.tasks.measure import eval_inputs, failed_metrics, measured_model, reconstruction, resolve_grad_mode
+from bench.options import Options, near, opt
+from bench.regularizers import FDRegularizer, RegularizerOptions
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
+from bench.tasks.measure import GradOption, eval_inputs, measured_model, options_of, reconstruction, resolve_grad_mode
 from models.base import InvertibleModel
+from models.loss import Objective, default_objective, training_loss
 
-KINDS: tuple[str, ...] = ("test", "noise", "uniform", "scaled")
-_BASE: list[tuple[str, str, bool | None]] = [
-    ("lip_forward", "lipschitz", False),
-    ("lip_inverse", "lipschitz", False),
-    ("condition", "ratio", False),
-    ("recon_err_f32", "max abs error", False),
-    ("recon_err_f64", "max abs error", False),
-    ("nonfinite_frac", "fraction", False),
-]
-_MEMGRAD: tuple[str, str, bool | None] = ("memgrad_rel_err", "relative error", False)
+InputKind = Literal["test", "noise", "uniform", "scaled"]
+#: The generated input kinds, in the order they are measured (``ood`` comes last, from ``ood_dataset``).
+KINDS: tuple[InputKind, ...] = ("test", "noise", "uniform", "scaled")
+#: ``variant`` of the rows of the model trained with the regulariser.
+REG_VARIANT = "reg"
+
+LIP_FORWARD = MetricSpec("lip_forward", "lipschitz", "down",
+                         "max over points of the local Lipschitz constant of f, sigma_max(J_f(x))")
+LIP_INVERSE = MetricSpec("lip_inverse", "lipschitz", "down",
+                         "max over points of the local Lipschitz constant of f^-1 at f(x), 1 / sigma_min(J_f(x))")
+CONDITION = MetricSpec("condition", "ratio", "down", "max over points of the local condition number of J_f(x)")
+RECON_ERR_F32 = MetricSpec("recon_err_f32", "max abs error", "down",
+                           "max over finite reconstructions of max |f^-1(f(x)) - x|, the model as trained")
+RECON_ERR_F64 = MetricSpec("recon_err_f64", "max abs error", "down",
+                           "max |f^-1(f(x)) - x| on a float64 copy of the model and inputs")
+NONFINITE_FRAC = MetricSpec("nonfinite_frac", "fraction", "down",
+                            "share of float32 reconstructions with a NaN or Inf, or an error above explode_threshold")
+MEMGRAD_REL_ERR = MetricSpec("memgrad_rel_err", "relative error", "down",
+                             "||g_saving - g_stored|| / ||g_stored|| of the parameter gradients (memory-saving models)")
+#: Every metric of the task, per input kind (``memgrad_rel_err`` for memory-saving models only).
+STABILITY_SPECS: tuple[MetricSpec, ...] = (LIP_FORWARD, LIP_INVERSE, CONDITION, RECON_ERR_F32, RECON_ERR_F64,
+                                           NONFINITE_FRAC, MEMGRAD_REL_ERR)
+
+
+def _is_file(name: str) -> bool:
+    return name.endswith((".npz", ".npy")) or "/" in name or "\\" in name
+
+
+def _check_dataset_name(name: str) -> None:
+    """A registered data set, a ``module:function`` target or a file path; else ValueError with near matches."""
+    from bench.datasets import names
+    from bench.suite import is_target
+
+    known = names()
+    if name in known or is_target(name) or _is_file(name):
+        return
+    raise ValueError(f"ood_dataset: unknown data set {name!r}{near(name, known)} (or a .npz/.npy path or "
+                     f"module:function)")
+
+
+def _check_model_names(models: tuple[str, ...]) -> None:
+    """Registered model names or ``module:Class`` targets; else ValueError with near matches."""
+    from models.registry import names
+
+    known = names()
+    for m in models:
+        if m not in known and ":" not in m:
+            raise ValueError(f"regularizer_models: unknown model {m!r}{near(m, known)}")
+
+
+@dataclass(frozen=True)
+class StabilityOptions(Options):
+    """Options of the ``stability`` task (see the module docstring)."""
+
+    points: int = field(default=128, metadata=opt("points per input kind for the reconstruction errors", min=1))
+    lip_points: int = field(default=32, metadata=opt(
+        "points per input kind for the Lipschitz estimates (the first of the points above)", min=1))
+    grad_points: int = field(default=64, metadata=opt("points for memgrad_rel_err (memory-saving models)", min=1))
+    scale: float = field(default=2.0, metadata=opt("factor of the scaled inputs", min=0.0, min_exclusive=True))
+    ood_dataset: str | dict[str, Any] | None = field(default=None, metadata=opt(
+        "another data set as ood inputs: a name, or a table {name = ..., loader options}"))
+    explode_threshold: float = field(default=1.0, metadata=opt(
+        "a finite reconstruction error above this counts as exploded in nonfinite_frac", min=0.0,
+        min_exclusive=True))
+    exact_max_dim: int = field(default=64, metadata=opt(
+        "largest D with the exact Jacobian's singular values; above it power iteration (JVP/VJP)", min=0))
+    power_iters: int = field(default=100, metadata=opt("power iterations per Lipschitz estimate above exact_max_dim",
+                                                       min=1))
+    kinds: tuple[InputKind, ...] = field(default=KINDS, metadata=opt("generated input kinds to measure on"))
+    grad: GradOption = field(default="auto", metadata=opt(
+        "autograd mode of the reconstructions (auto: grad only where the latent map needs it)"))
+    objective: Objective | None = field(default=None, metadata=opt(
+        "the objective the measured model is trained for (none: likelihood for density models)"))
+    regularizer: RegularizerOptions | None = field(default=None, metadata=opt(
+        "train a second model with the finite-difference regulariser {eps, weight, every} ({}: the authors' "
+        "settings) and report its metrics with variant reg"))
+    regularizer_models: tuple[str, ...] | None = field(default=None, metadata=opt(
+        "models that get the regularised twin (none: every model)"))
+
+    def __post_init__(self) -> None:
+        if len(set(self.kinds)) != len(self.kinds):
+            raise ValueError(f"kinds: each kind at most once, got {list(self.kinds)}")
+        if not self.kinds and self.ood_dataset is None:
+            raise ValueError("kinds is empty and there is no ood_dataset: nothing to measure")
+        if isinstance(self.ood_dataset, dict):
+            name = self.ood_dataset.get("name")
+            if not isinstance(name, str):
+                raise ValueError(f"ood_dataset: a table needs name = \"<data set>\", got {self.ood_dataset!r}")
+            _check_dataset_name(name)
+        elif isinstance(self.ood_dataset, str):
+            _check_dataset_name(self.ood_dataset)
+        if self.regularizer is not None and self.objective == "classification":
+            raise ValueError("regularizer: the finite-difference regulariser applies to the likelihood objective "
+                             "only, and objective is classification")
+        if self.regularizer_models is not None:
+            _check_model_names(self.regularizer_models)
 
 
 def ood_inputs(x: Tensor, kind: str, scale: float = 2.0, seed: int = 0) -> Tensor:
@@ -79,32 +169,32 @@ def ood_inputs(x: Tensor, kind: str, scale: float = 2.0, seed: int = 0) -> Tenso
     return out.reshape(x.shape).to(device=x.device, dtype=x.dtype)
 
 
-def _load_ood(option: Any, ctx: TaskContext) -> Dataset:
-    if isinstance(option, Dataset):
-        data = option
+def load_ood(option: str | dict[str, Any], ctx: TaskContext) -> Dataset:
+    """The ``ood_dataset`` option's data set (a registry name, a file path or ``module:function``, with loader
+    options from a table), checked to have the shape of the model's data."""
+    from bench.suite import import_target, is_target
+
+    kwargs: dict[str, Any] = dict(option) if isinstance(option, dict) else {"name": option}
+    name = str(kwargs.pop("name"))
+    kwargs.setdefault("seed", ctx.seed)
+    if is_target(name):
+        data: Dataset = import_target(name)(**kwargs)
     else:
         from bench.datasets import load
 
-        kwargs: dict[str, Any] = dict(option) if isinstance(option, dict) else {"name": str(option)}
-        data = load(kwargs.pop("name"), seed=ctx.seed, **kwargs)
+        data = load(name, **kwargs)
     if tuple(data.shape) != tuple(ctx.dataset.shape):
         raise ValueError(f"ood_dataset {data.name!r} has shape {data.shape}, the model's data {ctx.dataset.shape}")
     return data
 
 
-def _loss(model: InvertibleModel, x: Tensor) -> Tensor:
-    """A scalar of the model's output to differentiate: mean NLL, or mean log-sum-exp of the logits."""
-    if model.capabilities.density:
-        return -model.log_prob(x).mean()
-    return model.logits(x).logsumexp(dim=1).mean()
-
-
-def memgrad_rel_err(model: InvertibleModel, x: Tensor) -> float:
+def memgrad_rel_err(model: InvertibleModel, x: Tensor, objective: Objective | None = None) -> float:
     """Relative difference of the parameter gradients with memory-saving backprop on and off.
 
-    ``x``: (B, *shape). Returns ``||g_on - g_off|| / ||g_off||`` over all parameters concatenated. Runs on a
-    copy of the model in training mode (memory-saving backprop is a training-time mechanism); the model
-    itself is not touched.
+    ``x``: (B, *shape). The loss is :func:`models.loss.training_loss` for ``objective`` (None: the model's
+    default; classifiers with cycling labels). Returns ``||g_on - g_off|| / ||g_off||`` over all parameters
+    concatenated (``||g_on - g_off||`` when ``g_off`` is 0). Runs on a copy of the model in training mode
+    (memory-saving backprop is a training-time mechanism); the model itself is not touched.
     """
     model = copy.deepcopy(model).train()
     grads = []
@@ -112,7 +202,7 @@ def memgrad_rel_err(model: InvertibleModel, x: Tensor) -> float:
         model.set_memory_saving(enabled)
         model.zero_grad(set_to_none=True)
         with torch.enable_grad():
-            _loss(model, x).backward()
+            training_loss(model, x, objective=objective).backward()
         grads.append(torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).double()
                                 for p in model.parameters()]))
     denom = grads[1].norm()
@@ -128,76 +218,82 @@ class StabilityTask(Task):
     """Local bi-Lipschitz constants, reconstruction errors and exploded inverses (see module docstring)."""
 
     name: ClassVar[str] = "stability"
+    Options = StabilityOptions
+    trains_model: ClassVar[bool] = False
     requires_text: ClassVar[str] = "an inverse (every model)"
-    metrics: ClassVar[tuple[str, ...]] = tuple(f"{m}@{k}" for k in KINDS for m, _, _ in _BASE)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = STABILITY_SPECS
 
     def run(self, ctx: TaskContext) -> list[Metric]:
-        opts = ctx.options
-        kinds = list(opts.get("kinds", KINDS))
-        x_test = eval_inputs(ctx, int(opts.get("points", 128)))
-        inputs = {k: ood_inputs(x_test, k, float(opts.get("scale", 2.0)), seed=1000 * ctx.seed + i)
-                  for i, k in enumerate(kinds)}
-        if opts.get("ood_dataset") is not None:
-            data = _load_ood(opts["ood_dataset"], ctx)
-            inputs["ood"] = eval_inputs(ctx, int(opts.get("points", 128)), dataset=data, draw=1)
-        out = self._measure(ctx, inputs, regularizer=None)
-        reg_opts = opts.get("regularizer")
-        reg_models = opts.get("regularizer_models")
-        if reg_opts and (reg_models is None or ctx.model_name in reg_models):
-            from bench.regularizers import FDRegularizer
+        opts = options_of(ctx, StabilityOptions)
+        x_test = eval_inputs(ctx, opts.points)
+        inputs: dict[str, Tensor] = {k: ood_inputs(x_test, k, opts.scale, seed=1000 * ctx.seed + i)
+                                     for i, k in enumerate(opts.kinds)}
+        if opts.ood_dataset is not None:
+            inputs["ood"] = eval_inputs(ctx, opts.points, dataset=load_ood(opts.ood_dataset, ctx), draw=1)
+        model, result = measured_model(ctx, objective=opts.objective)
+        objective = opts.objective or default_objective(model)
+        out = self._measure(opts, ctx.seed, inputs, model, result, objective, variant="")
+        reg = opts.regularizer
+        if reg is None or (opts.regularizer_models is not None and ctx.model_name not in opts.regularizer_models):
+            return out
+        note = {"regularizer": reg.to_dict()}
+        if objective != "likelihood":
+            why = f"the finite-difference regulariser applies to the likelihood objective only, not {objective}"
+            return out + self._valueless(inputs, model, "unsupported", why, REG_VARIANT, note)
+        model_r, result_r = measured_model(ctx, regularizer=FDRegularizer.from_options(reg), objective=objective)
+        return out + self._measure(opts, ctx.seed, inputs, model_r, result_r, objective, REG_VARIANT, note)
 
-            out += self._measure(ctx, inputs, regularizer=FDRegularizer(**dict(reg_opts)),
-                                 suffix="+reg", note={"regularizer": dict(reg_opts)})
-        return out
+    @staticmethod
+    def _specs(model: InvertibleModel) -> tuple[MetricSpec, ...]:
+        return STABILITY_SPECS if model.capabilities.memory_saving else STABILITY_SPECS[:-1]
 
-    def _measure(self, ctx: TaskContext, inputs: dict[str, Tensor], regularizer: Any, suffix: str = "",
-                 note: dict[str, Any] | None = None) -> list[Metric]:
-        opts = ctx.options
+    def _valueless(self, inputs: dict[str, Tensor], model: InvertibleModel, status: str, why: str, variant: str,
+                   note: dict[str, Any] | None = None) -> list[Metric]:
+        """One valueless metric per spec and input kind."""
+        return [spec(None, status=status, input=kind, variant=variant, extra={"reason": why, **(note or {})})
+                for kind in inputs for spec in self._specs(model)]
+
+    def _measure(self, opts: StabilityOptions, seed: int, inputs: dict[str, Tensor], model: InvertibleModel,
+                 result: Any, objective: Objective, variant: str, note: dict[str, Any] | None = None
+                 ) -> list[Metric]:
         note = note or {}
-        model, result = measured_model(ctx, regularizer=regularizer)
-        caps = model.capabilities
-        specs = [(f"{m}@{k}{suffix}", u, h) for k in inputs for m, u, h in _BASE]
-        if caps.memory_saving:
-            specs += [(f"{_MEMGRAD[0]}@{k}{suffix}", _MEMGRAD[1], _MEMGRAD[2]) for k in inputs]
         if getattr(result, "diverged", False):
-            return failed_metrics(specs, "diverged", "training diverged")
+            return self._valueless(inputs, model, "diverged", "training diverged", variant, note)
         model.eval()
-        mode = resolve_grad_mode(model, str(opts.get("grad", "auto")), full_forward=False)
+        caps = model.capabilities
+        mode = resolve_grad_mode(model, opts.grad, full_forward=False)
         model64 = copy.deepcopy(model).to(torch.float64).eval()
         if caps.memory_saving:
             model64.set_memory_saving(False)  # same function; ordinary autograd allows double backward
-        threshold = float(opts.get("explode_threshold", 1.0))
-        lip_n = int(opts.get("lip_points", 32))
         metrics: list[Metric] = []
         for kind, x in inputs.items():
-            extra = {"input": kind, **note}
+            def metric(spec: MetricSpec, value: float | None, status: str = "ok", _kind: str = kind,
+                       **extra: Any) -> Metric:
+                return spec(value, status=status, input=_kind, variant=variant, extra={**extra, **note})
+
             _, err32, info32 = reconstruction(model, x, mode)
             _, err64, info64 = reconstruction(model64, x.double(), mode)
-            conv32, conv64 = info32.converged, info64.converged
-            bad = ~torch.isfinite(err32) | (err32 > threshold)
-            lip = local_lipschitz(model64, x[:lip_n].double(), exact_max_dim=int(opts.get("exact_max_dim", 64)),
-                                  iters=int(opts.get("power_iters", 100)), seed=ctx.seed).summary()
-            lip_extra = {**extra, "points": min(lip_n, x.shape[0]), "method": lip["method"],
+            lip = local_lipschitz(model64, x[:opts.lip_points].double(), exact_max_dim=opts.exact_max_dim,
+                                  iters=opts.power_iters, seed=seed).summary()
+            lip_extra = {"points": min(opts.lip_points, x.shape[0]), "method": lip["method"],
                          "inverse_method": lip["inverse_method"]}
-            for key, name in (("forward", "lip_forward"), ("inverse", "lip_inverse"), ("condition", "condition")):
-                unit = "ratio" if key == "condition" else "lipschitz"
-                metrics.append(Metric(f"{name}@{kind}{suffix}", lip[f"{key}_max"], unit, False,
-                                      extra={**lip_extra, "median": lip[f"{key}_median"]}))
-            for name, err, conv in (("recon_err_f32", err32, conv32), ("recon_err_f64", err64, conv64)):
+            for spec, key in ((LIP_FORWARD, "forward"), (LIP_INVERSE, "inverse"), (CONDITION, "condition")):
+                metrics.append(metric(spec, lip[f"{key}_max"], median=lip[f"{key}_median"], **lip_extra))
+            for spec, err, conv in ((RECON_ERR_F32, err32, info32.converged), (RECON_ERR_F64, err64, info64.converged)):
                 value = _finite_max(err)
-                status = "diverged" if value is None else ("ok" if conv else "not_converged")
                 finite = err[torch.isfinite(err)]
-                metrics.append(Metric(f"{name}@{kind}{suffix}", value, "max abs error", False, status,
-                                      extra={**extra, "points": int(err.numel()), "converged": conv,
-                                             "median": float(finite.median()) if finite.numel() else math.inf,
-                                             "n_nonfinite": int((~torch.isfinite(err)).sum())}))
-            metrics.append(Metric(f"nonfinite_frac@{kind}{suffix}", float(bad.double().mean()), "fraction", False,
-                                  extra={**extra, "points": int(err32.numel()), "threshold": threshold,
-                                         "n_exploded": int(bad.sum())}))
+                metrics.append(metric(spec, value, "diverged" if value is None else ("ok" if conv else "not_converged"),
+                                      points=int(err.numel()), converged=conv,
+                                      median=float(finite.median()) if finite.numel() else math.inf,
+                                      n_nonfinite=int((~torch.isfinite(err)).sum())))
+            nonfinite = ~torch.isfinite(err32)  # a NaN or an Inf anywhere in the reconstruction
+            above = torch.isfinite(err32) & (err32 > opts.explode_threshold)
+            metrics.append(metric(NONFINITE_FRAC, float((nonfinite | above).double().mean()),
+                                  points=int(err32.numel()), threshold=opts.explode_threshold,
+                                  n_nonfinite=int(nonfinite.sum()), n_above_threshold=int(above.sum())))
             if caps.memory_saving:
-                xg = x[: int(opts.get("grad_points", 64))]
-                metrics.append(Metric(f"{_MEMGRAD[0]}@{kind}{suffix}", memgrad_rel_err(model, xg), _MEMGRAD[1],
-                                      _MEMGRAD[2], extra={**extra, "points": int(xg.shape[0]),
-                                                          "dtype": str(xg.dtype).replace("torch.", ""),
-                                                          "f64": memgrad_rel_err(model64, xg.double())}))
+                xg = x[:opts.grad_points]
+                metrics.append(metric(MEMGRAD_REL_ERR, memgrad_rel_err(model, xg, objective),
+                                      points=int(xg.shape[0]), dtype=str(xg.dtype).replace("torch.", ""),
+                                      f64=memgrad_rel_err(model64, xg.double(), objective)))
         return metrics
