@@ -18,7 +18,9 @@ from bench.datasets.base import Dataset
 from bench.lipschitz import has_latent_map, latent_map
 from bench.options import Options, opt
 from bench.regularizers import FDRegularizer
+from bench.tasks import training
 from bench.tasks.base import Metric, MetricSpec, TaskContext
+from bench.tasks.training import TrainResult
 from models.base import (
     EstimatorMethod,
     EstimatorSettings,
@@ -38,14 +40,12 @@ GradOption = Literal["auto", "grad", "no_grad"]
 
 
 def measured_model(ctx: TaskContext, regularizer: FDRegularizer | None = None,
-                   objective: Objective | None = None) -> tuple[InvertibleModel, Any]:
+                   objective: Objective | None = None) -> tuple[InvertibleModel, TrainResult]:
     """The trained model a measurement task measures, and its ``TrainResult``.
 
     Trains (or loads from ``ctx.checkpoint_dir``) with ``bench.tasks.training.trained_model`` for ``objective``
     (the task's option; None: :func:`models.loss.default_objective`, likelihood for density models).
     """
-    from bench.tasks import training
-
     if objective is None:
         objective = default_objective(ctx.make_model())
     if regularizer is None:
