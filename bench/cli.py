@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threshold", type=float, default=0.05, help="relative change counted as a regression")
     sp.add_argument("--noise", type=float, default=0.0,
                     help="also require the change to exceed this many standard errors of the seed means (0: off)")
+    sp.add_argument("--force", action="store_true",
+                    help="compare stores of different suites, or sharing no key (otherwise exit 2)")
     sp.set_defaults(func=_cmd_compare)
 
     sp = sub.add_parser("speedup", help="per-task speed-up of run B over run A (e.g. GPU over CPU), same suite")

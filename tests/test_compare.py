@@ -1,7 +1,9 @@
-"""``invbench compare A B``: per-key relative change, verdict by direction, exit 1 on regression only."""
+"""``invbench compare A B``: per-key relative change, verdict by direction, exit 1 on regression only, exit 2 for
+stores of different suites or without a common key unless ``--force``."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -12,24 +14,26 @@ from bench.report.compare import compare_rows
 from bench.run.rundir import Row, append_rows
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-small"
+BIAS = "logdet_bias"
 
 
-def rows(**changes: tuple[list[float | None], list[str]]) -> list[Row]:
+def rows(suite: str = "s", **changes: tuple[list[float | None], list[str]]) -> list[Row]:
     """A baseline store (two seeds per metric); ``changes`` replaces a metric's (values, statuses)."""
-    base: dict[str, tuple[list[float | None], list[str], bool | None]] = {
-        "test_nll": ([1.0, 1.2], ["ok", "ok"], False),
-        "test_accuracy": ([0.90, 0.92], ["ok", "ok"], True),
+    base: dict[str, tuple[list[float | None], list[str], str | None]] = {
+        "test_nll": ([1.0, 1.2], ["ok", "ok"], "down"),
+        "test_accuracy": ([0.90, 0.92], ["ok", "ok"], "up"),
         "train_time": ([10.0, 12.0], ["ok", "ok"], None),
-        "logdet_bias[terms=5,probes=1]": ([-0.1, -0.1], ["ok", "ok"], None),
-        "recon_err": ([1e-6, 1e-6], ["ok", "ok"], False),
+        BIAS: ([-0.1, -0.1], ["ok", "ok"], "zero"),
+        "recon_err": ([1e-6, 1e-6], ["ok", "ok"], "down"),
     }
     out = []
-    for metric, (values, statuses, hib) in base.items():
+    for metric, (values, statuses, direction) in base.items():
         if metric in changes:
             values, statuses = changes[metric]
+        settings = {"terms": 5, "probes": 1} if metric == BIAS else {}
         for seed, (v, s) in enumerate(zip(values, statuses, strict=True)):
-            out.append(Row("r", "s", "iresnet-native", "t", "moons", seed, metric, v if s == "ok" else None, "u",
-                           hib, s))
+            out.append(Row("r", suite, "iresnet-native", "t", "moons", seed, metric, v if s == "ok" else None, "u",
+                           direction, s, settings=settings))
     return out
 
 
@@ -39,7 +43,7 @@ def store(path: Path, data: list[Row]) -> str:
 
 
 def verdicts(b: list[Row], threshold: float = 0.05) -> dict[str, tuple[float | None, str, bool]]:
-    return {c.key[3]: (c.rel, c.verdict, c.regression) for c in compare_rows(rows(), b, threshold)}
+    return {c.key.metric: (c.rel, c.verdict, c.regression) for c in compare_rows(rows(), b, threshold)}
 
 
 def test_identical_stores_pass(tmp_path: Path) -> None:
@@ -89,10 +93,23 @@ def test_undirected_metrics_are_not_judged(tmp_path: Path) -> None:
 
 
 def test_signed_bias_is_judged_by_magnitude() -> None:
-    flipped = verdicts(rows(**{"logdet_bias[terms=5,probes=1]": ([0.1, 0.1], ["ok", "ok"])}))
-    assert flipped["logdet_bias[terms=5,probes=1]"][1:] == ("same", False)
-    grown = verdicts(rows(**{"logdet_bias[terms=5,probes=1]": ([0.3, 0.3], ["ok", "ok"])}))
-    assert grown["logdet_bias[terms=5,probes=1]"][2]
+    flipped = verdicts(rows(logdet_bias=([0.1, 0.1], ["ok", "ok"])))
+    assert flipped[BIAS][1:] == ("same", False)
+    grown = verdicts(rows(logdet_bias=([0.3, 0.3], ["ok", "ok"])))
+    assert grown[BIAS][2]
+
+
+def test_keys_are_the_fields_input_variant_settings() -> None:
+    """Rows that differ only in settings, input or variant are different keys, never merged."""
+    a = rows()
+    other = [Row("r", "s", "iresnet-native", "t", "moons", 0, BIAS, -5.0, "u", "zero", settings={"terms": 1,
+                                                                                                   "probes": 1}),
+             Row("r", "s", "iresnet-native", "t", "moons", 0, "test_nll", 9.0, "u", "down", input="noise"),
+             Row("r", "s", "iresnet-native", "t", "moons", 0, "test_nll", 9.0, "u", "down", variant="reg")]
+    changes = compare_rows(a, [*a, *other], 0.05)
+    assert not any(c.regression for c in changes)
+    new = sorted(c.key.label for c in changes if c.verdict == "new in B")
+    assert new == ["logdet_bias[probes=1,terms=1]", "test_nll[input=noise]", "test_nll[variant=reg]"]
 
 
 def test_non_finite_values_and_missing_keys() -> None:
@@ -103,14 +120,14 @@ def test_non_finite_values_and_missing_keys() -> None:
     dropped = [r for r in rows() if r.metric != "recon_err"]
     changes = {c.key[3]: c for c in compare_rows(rows(), dropped, 0.05)}
     assert changes["recon_err"].verdict == "missing in B" and not changes["recon_err"].regression
-    extra = [*rows(), Row("r", "s", "iresnet-native", "t", "moons", 0, "new_metric", 1.0, "u", True)]
+    extra = [*rows(), Row("r", "s", "iresnet-native", "t", "moons", 0, "new_metric", 1.0, "u", "up")]
     changes = {c.key[3]: c for c in compare_rows(rows(), extra, 0.05)}
     assert changes["new_metric"].verdict == "new in B" and not changes["new_metric"].regression
 
 
 def test_zero_baseline_and_bad_threshold() -> None:
-    zero = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.0, "u", False)]
-    worse = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.2, "u", False)]
+    zero = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.0, "u", "down")]
+    worse = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.2, "u", "down")]
     (change,) = compare_rows(zero, worse, 0.05)
     assert change.rel == math.inf and change.regression
     with pytest.raises(ValueError, match="threshold"):
@@ -132,3 +149,44 @@ def test_noise_option_spares_changes_within_seed_noise(tmp_path: Path) -> None:
     assert main(["compare", a_path, b_path, "--threshold", "0.05", "--noise", "2"]) == 0
     with pytest.raises(ValueError, match="noise"):
         compare_rows(rows(), b, 0.05, noise=-1)
+
+
+def _with_record(path: Path, data: list[Row], suite: str) -> str:
+    store(path, data)
+    (path / "run.json").write_text(json.dumps({"suite": suite}))
+    return str(path)
+
+
+def test_stores_of_different_suites_exit_2_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = _with_record(tmp_path / "a", rows(suite="quick"), "quick")
+    b = _with_record(tmp_path / "b", rows(suite="fashion-short"), "fashion-short")
+    assert main(["compare", a, b]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "suite quick" in err[0] and "suite fashion-short" in err[0] and "--force" in err[0]
+    assert captured.out == ""
+    assert main(["compare", a, b, "--force"]) == 0
+    captured = capsys.readouterr()
+    assert "0 regression(s) among 5 keys" in captured.out and "compared anyway" in captured.err
+    # the rows' suite fields are read even when run.json says nothing
+    c = store(tmp_path / "c", rows(suite="paper"))
+    assert main(["compare", store(tmp_path / "d", rows(suite="quick")), c]) == 2
+    # a regression under --force still exits 1
+    worse = _with_record(tmp_path / "e", rows(suite="fashion-short", test_nll=([2.0, 2.4], ["ok", "ok"])),
+                         "fashion-short")
+    assert main(["compare", a, worse, "--force"]) == 1
+
+
+def test_stores_sharing_no_key_exit_2_unless_forced(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a = store(tmp_path / "a", rows())
+    other = [Row("r", "s", "nice-freia", "t", "digits", 0, "test_nll", 1.0, "u", "down")]
+    b = store(tmp_path / "b", other)
+    assert main(["compare", a, b]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "share no key" in err[0]
+    assert main(["compare", a, b, "--force"]) == 0
+    assert "0 regression(s) among 6 keys" in capsys.readouterr().out
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "results.jsonl").write_text("")
+    assert main(["compare", str(empty), str(empty)]) == 2

@@ -1,8 +1,9 @@
 """``invbench report``: golden tables from a hand-made fixture store, plots, HTML, statuses, best marking.
 
-The fixture ``tests/fixtures/run-small`` is hand-made (``tests/fixtures/make_run_small.py``); its numbers were
-chosen, not measured. The report generated from it is compared with the golden files in
-``tests/fixtures/golden/`` (README.md, rows.csv, references.csv, tables/*.csv, tables/tables.tex).
+The fixtures ``tests/fixtures/run-small`` (row schema 1, read through :mod:`bench.run.legacy`) and
+``tests/fixtures/run-small-v2`` (the same rows in schema 2) are hand-made (``tests/fixtures/make_run_small.py``);
+their numbers were chosen, not measured. The report generated from each is compared with the same golden files
+in ``tests/fixtures/golden/`` (README.md, rows.csv, references.csv, tables/*.csv, tables/tables.tex).
 
 To regenerate the goldens after an intended change to the report format::
 
@@ -14,23 +15,35 @@ That run rewrites the golden files and then fails on purpose (so it can never pa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from bench.cli import main
 from bench.report.plots import PLOT_KINDS, grid_of, tile
-from bench.report.references import Reference, match_references, reference_records
-from bench.report.tables import MetricName, build_tables, family_of, load_store, to_latex, to_markdown
+from bench.report.references import (
+    REFERENCE_STATUSES,
+    REFERENCES,
+    STATUS_NOTE,
+    Reference,
+    match_references,
+    reference_records,
+)
+from bench.report.tables import build_tables, family_of, frame, load_store, seed_stats, to_latex, to_markdown
+from bench.run.legacy import upgrade
 from bench.run.rundir import Row, append_rows
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RUN = FIXTURES / "run-small"
+RUN_V2 = FIXTURES / "run-small-v2"
 GOLDEN = FIXTURES / "golden"
 UPDATE = os.environ.get("INVBENCH_UPDATE_GOLDEN") == "1"
 
@@ -41,18 +54,25 @@ def golden_files(report: Path) -> list[str]:
     return ["README.md", "rows.csv", "references.csv", "tables/tables.tex", *tables]
 
 
+def _make_report(tmp: Path, rows_from: Path) -> Path:
+    """The report of a copy of the fixture store (artifacts and run.json of ``run-small``, results.jsonl of
+    ``rows_from``) named ``run-small``, made through the CLI from the copy's parent folder (relative paths, so the
+    README's regenerate command is the same on every machine)."""
+    shutil.copytree(RUN, tmp / "run-small")
+    shutil.copyfile(rows_from / "results.jsonl", tmp / "run-small" / "results.jsonl")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp)
+        assert main(["report", "run-small", "-o", "report"]) == 0
+    return tmp / "report"
+
+
 @pytest.fixture(scope="module")
 def report() -> Iterator[Path]:
-    """The report of a copy of the fixture store, made through the CLI from the copy's parent folder
-    (relative paths, so the README's regenerate command is the same on every machine)."""
+    """The report of the schema-1 fixture store (read through the legacy upgrade)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
-        shutil.copytree(RUN, Path(tmp) / "run-small")
-        with pytest.MonkeyPatch.context() as mp:
-            mp.chdir(tmp)
-            assert main(["report", "run-small", "-o", "report"]) == 0
-        yield Path(tmp) / "report"
+        yield _make_report(Path(tmp), RUN)
 
 
 def test_report_matches_golden(report: Path) -> None:
@@ -75,6 +95,40 @@ def test_report_matches_golden(report: Path) -> None:
                                             (report / first).read_text(encoding="utf-8").splitlines(True),
                                             "golden/" + first, "generated/" + first, n=1))
         pytest.fail(f"generated files differ from the goldens: {differ}\n{diff[:4000]}")
+
+
+def test_schema1_rows_upgrade_to_the_schema2_rows(tmp_path: Path) -> None:
+    """The legacy upgrade of every schema-1 fixture row gives the row the generator wrote in schema 2, and both
+    stores make the same report, file by file."""
+    old, new = load_store(RUN), load_store(RUN_V2)
+    assert len(old.rows) == len(new.rows) == 212
+    assert [asdict(r) for r in old.rows] == [asdict(r) for r in new.rows]
+    assert {r.schema for r in new.rows} == {2}
+    assert '"higher_is_better"' in (RUN / "results.jsonl").read_text().splitlines()[0]
+    v2 = _make_report(tmp_path, RUN_V2)
+    for name in golden_files(v2):
+        assert (v2 / name).read_text(encoding="utf-8") == (GOLDEN / name).read_text(encoding="utf-8"), name
+
+
+@pytest.mark.parametrize(("name", "fields"), [
+    ("test_nll", {"metric": "test_nll", "input": "", "variant": "", "settings": {}}),
+    ("lip_forward@noise", {"metric": "lip_forward", "input": "noise", "variant": "", "settings": {}}),
+    ("lip_inverse@noise+reg", {"metric": "lip_inverse", "input": "noise", "variant": "reg", "settings": {}}),
+    ("lip_inverse+reg@ood", {"metric": "lip_inverse", "input": "ood", "variant": "reg", "settings": {}}),
+    ("logdet_bias[terms=5,probes=1]", {"metric": "logdet_bias", "input": "", "variant": "",
+                                       "settings": {"terms": 5, "probes": 1}}),
+    ("logdet_cost[terms=5,tol=1e-05,kind=roulette]",
+     {"metric": "logdet_cost", "settings": {"terms": 5, "tol": 1e-5, "kind": "roulette"}}),
+])
+def test_legacy_upgrade_reads_schema1_names_apart(name: str, fields: dict[str, Any]) -> None:
+    old = {"run_id": "r", "suite": "s", "model": "m", "task": "t", "dataset": "d", "seed": 0, "metric": name,
+           "value": 1.0, "unit": "", "higher_is_better": False, "status": "ok"}
+    new = upgrade(old)
+    assert {k: new[k] for k in fields} == fields
+    assert new["schema"] == 2 and "higher_is_better" not in new and old["metric"] == name
+    assert new["direction"] == ("zero" if fields["metric"] == "logdet_bias" else "down")
+    assert upgrade({**old, "higher_is_better": True})["direction"] in ("up", "zero")
+    assert upgrade({**old, "higher_is_better": None, "metric": "train_time"})["direction"] is None
 
 
 def test_readme_has_regenerate_command_and_run_record(report: Path) -> None:
@@ -112,22 +166,23 @@ def test_failed_cells_appear_with_their_status(report: Path) -> None:
         assert any(line.startswith(f"| {model} |") and text in line for line in readme.splitlines()), model
 
 
-def _rows(spec: list[tuple[str, str, list[float | None], list[str], bool | None]]) -> list[Row]:
-    """Rows from (model, metric, values per seed, statuses per seed, higher_is_better) on one task/dataset."""
+def _rows(spec: list[tuple[str, str, list[float | None], list[str], str | None]], **fields: Any) -> list[Row]:
+    """Rows from (model, metric, values per seed, statuses per seed, direction) on one task/dataset; ``fields``
+    (input, variant, settings) apply to all of them."""
     out = []
-    for model, metric, values, statuses, hib in spec:
+    for model, metric, values, statuses, direction in spec:
         for seed, (value, status) in enumerate(zip(values, statuses, strict=True)):
-            out.append(Row("r", "s", model, "t", "d", seed, metric, value if status == "ok" else None, "u", hib,
-                           status))
+            out.append(Row("r", "s", model, "t", "d", seed, metric, value if status == "ok" else None, "u", direction,
+                           status, **fields))
     return out
 
 
 def test_cells_are_mean_std_and_counts_and_no_model_is_dropped() -> None:
     rows = _rows([
-        ("a-x", "m", [1.0, 2.0, 3.0], ["ok"] * 3, False),
-        ("b-x", "m", [5.0, None, None], ["ok", "diverged", "error"], False),
-        ("c-x", "m", [None, None, None], ["unsupported"] * 3, False),
-        ("d-x", "m", [None, None, None], ["diverged", "diverged", "timeout"], False),
+        ("a-x", "m", [1.0, 2.0, 3.0], ["ok"] * 3, "down"),
+        ("b-x", "m", [5.0, None, None], ["ok", "diverged", "error"], "down"),
+        ("c-x", "m", [None, None, None], ["unsupported"] * 3, "down"),
+        ("d-x", "m", [None, None, None], ["diverged", "diverged", "timeout"], "down"),
     ])
     (table,) = build_tables(rows)
     md = to_markdown(table)
@@ -140,42 +195,95 @@ def test_cells_are_mean_std_and_counts_and_no_model_is_dropped() -> None:
     assert r"\textbf{2 $\pm$ 1} (3/3)" in to_latex(table)
 
 
-@pytest.mark.parametrize(("hib", "metric", "best_model"), [
-    (True, "acc", "hi-x"), (False, "nll", "lo-x"), (None, "train_time", None), (None, "logdet_bias", "zero-x"),
+def test_seed_statistics_by_pandas_match_a_hand_computation() -> None:
+    values = [0.3, 1.7, -2.2, 4.05]
+    rows = _rows([("a-x", "m", [*values, None], ["ok"] * 4 + ["error"], "up"),
+                  ("b-x", "m", [1.0, float("nan")], ["ok", "ok"], "up"),
+                  ("c-x", "m", [1.0, float("inf")], ["ok", "ok"], "up")])
+    stats = seed_stats(frame(rows), ("model", "metric")).to_dict("index")
+    a = stats[("a-x", "m")]
+    mean = sum(values) / 4
+    assert a["mean"] == pytest.approx(mean, rel=1e-15)
+    assert a["std"] == pytest.approx((sum((v - mean) ** 2 for v in values) / 3) ** 0.5, rel=1e-15)
+    assert (a["n_ok"], a["n_total"], a["status:ok"], a["status:error"]) == (4, 5, 4, 1)
+    assert np.isnan(stats[("b-x", "m")]["mean"]), "a nan value is not skipped"
+    assert stats[("c-x", "m")]["mean"] == float("inf") and np.isnan(stats[("c-x", "m")]["std"])
+
+
+@pytest.mark.parametrize(("direction", "best_model", "header"), [
+    ("up", "hi-x", "| model | q (u) ↑ |"), ("down", "lo-x", "| model | q (u) ↓ |"), (None, None, "| model | q (u) |"),
+    ("zero", "zero-x", r"| model | q (u) \|·\| ↓ |"),
 ])
-def test_best_is_marked_by_direction(hib: bool | None, metric: str, best_model: str | None) -> None:
+def test_best_is_marked_by_direction(direction: str | None, best_model: str | None, header: str) -> None:
     rows = _rows([
-        ("hi-x", metric, [3.0, 3.2], ["ok", "ok"], hib),
-        ("lo-x", metric, [-2.0, -2.2], ["ok", "ok"], hib),
-        ("zero-x", metric, [0.1, -0.05], ["ok", "ok"], hib),
-        ("failed-x", metric, [None, None], ["error", "error"], hib),
+        ("hi-x", "q", [3.0, 3.2], ["ok", "ok"], direction),
+        ("lo-x", "q", [-2.0, -2.2], ["ok", "ok"], direction),
+        ("zero-x", "q", [0.1, -0.05], ["ok", "ok"], direction),
+        ("failed-x", "q", [None, None], ["error", "error"], direction),
     ])
     (table,) = build_tables(rows)
-    assert {key[0] for key, _ in table.best} == ({best_model} if best_model else set())
-    bold = [ln for ln in to_markdown(table).splitlines() if "**" in ln]
+    assert {row.model for row, _ in table.best} == ({best_model} if best_model else set())
+    md = to_markdown(table)
+    bold = [ln for ln in md.splitlines() if "**" in ln]
     assert [ln.split(" | ")[0][2:] for ln in bold] == ([best_model] if best_model else [])
+    assert md.splitlines()[0] == header
 
 
 def test_best_is_chosen_within_the_same_input_and_settings() -> None:
-    rows = _rows([
-        ("a-x", "lip@test", [1.0], ["ok"], False), ("b-x", "lip@test", [2.0], ["ok"], False),
-        ("a-x", "lip@ood", [9.0], ["ok"], False), ("b-x", "lip@ood", [5.0], ["ok"], False),
-        ("a-x", "lip@ood+reg", [4.0], ["ok"], False),
-    ])
+    rows = [*_rows([("a-x", "lip", [1.0], ["ok"], "down"), ("b-x", "lip", [2.0], ["ok"], "down")], input="test"),
+            *_rows([("a-x", "lip", [9.0], ["ok"], "down"), ("b-x", "lip", [5.0], ["ok"], "down")], input="ood"),
+            *_rows([("a-x", "lip", [4.0], ["ok"], "down")], input="ood", variant="reg"),
+            *_rows([("a-x", "lip", [7.0], ["ok"], "down")], input="ood", settings={"k": 1})]
     (table,) = build_tables(rows)
-    assert table.index_names() == ["model", "input"]
-    assert sorted(table.best) == sorted([(("a-x", "test", ""), "lip"), (("a-x+reg", "ood", ""), "lip")])
+    assert table.index_names() == ["model", "input", "settings"]
+    assert sorted((r.label, r.input, r.settings) for r, _ in table.best) == [("a-x", "test", ""),
+                                                                           ("a-x+reg", "ood", "")]
+    assert [(r.label, r.input, r.settings) for r in table.rows] == [
+        ("a-x", "test", ""), ("a-x", "ood", ""), ("a-x", "ood", "k=1"), ("a-x+reg", "ood", ""),
+        ("b-x", "test", ""), ("b-x", "ood", "")]
 
 
-@pytest.mark.parametrize(("name", "parsed"), [
-    ("test_nll", MetricName("test_nll")),
-    ("lip_forward@noise", MetricName("lip_forward", condition="noise")),
-    ("lip_inverse@noise+reg", MetricName("lip_inverse", condition="noise", variant="reg")),
-    ("lip_inverse+reg@ood", MetricName("lip_inverse", condition="ood", variant="reg")),
-    ("logdet_bias[terms=5,probes=1]", MetricName("logdet_bias", settings="terms=5,probes=1")),
-])
-def test_metric_names_parse(name: str, parsed: MetricName) -> None:
-    assert MetricName.parse(name) == parsed
+def test_untrained_models_are_labelled_in_every_table_of_their_data_set(tmp_path: Path) -> None:
+    """``train_steps`` 0 (a budget of ``steps = 0``) labels the model ``(untrained)`` on that data set only."""
+    rows = [Row("r", "s", m, "likelihood", d, seed, metric, v, "", None)
+            for m, d, steps in (("iresnet-native", "moons", 0.0), ("iresnet-native", "digits", 50.0),
+                                ("glow-freia", "moons", 50.0))
+            for seed in (0, 1)
+            for metric, v in (("train_steps", steps), ("test_nll", 1.0 + steps / 100))]
+    rows += [Row("r", "s", "iresnet-native", "stability", "moons", 0, "lip_forward", 2.0, "", None, input="test")]
+    labels = {(t.task, t.dataset): [r.label for r in t.rows] for t in build_tables(rows)}
+    assert labels[("likelihood", "moons")] == ["glow-freia", "iresnet-native (untrained)"]
+    assert labels[("stability", "moons")] == ["iresnet-native (untrained)"]
+    assert labels[("likelihood", "digits")] == ["iresnet-native"]
+    append_rows(tmp_path / "run" / "results.jsonl", rows)
+    assert main(["report", str(tmp_path / "run"), "-o", str(tmp_path / "rep")]) == 0
+    readme = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
+    assert "| iresnet-native (untrained) | 0 ± 0 (2/2) | 1 ± 0 (2/2) |" in readme
+    assert "(untrained): measured as initialised" in readme
+    summary = (tmp_path / "rep" / "tables" / "likelihood__moons.csv").read_text(encoding="utf-8")
+    assert "likelihood,moons,iresnet-native,,true," in summary and "likelihood,moons,glow-freia,,false," in summary
+    assert "(untrained)" not in (GOLDEN / "README.md").read_text(encoding="utf-8")
+
+
+def test_torn_and_unreadable_lines_are_counted_and_warned_about(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A torn last line (a kill mid-write) and a line that is not a row are left out with one warning line."""
+    run = tmp_path / "run"
+    rows = _rows([("a-x", "m", [1.0, 2.0], ["ok", "ok"], "down")])
+    append_rows(run / "results.jsonl", rows)
+    with open(run / "results.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"not": "a row"}) + "\n")
+        fh.write(rows[0].to_json()[:40])  # torn: no closing brace, no newline
+    store = load_store(run)
+    assert (store.read.torn, store.read.invalid, len(store.rows)) == (1, 1, 2)
+    assert main(["report", str(run), "-o", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning: 2 torn or unreadable line(s)" in err[0]
+    readme = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
+    assert "2 line(s) of results.jsonl could not be read and are left out: 1 torn (not JSON), 1 not a row." in readme
+    assert "| a-x | 1.5 ± 0.71 (2/2) |" in readme
+    assert main(["report", str(RUN), "-o", str(tmp_path / "rep2")]) == 0
+    assert capsys.readouterr().err == "", "a store read whole gives no warning"
 
 
 def test_family_from_name_or_run_record() -> None:
@@ -187,21 +295,58 @@ def test_family_from_name_or_run_record() -> None:
 
 def test_references_place_the_paper_beside_the_measured_value() -> None:
     rows = [Row("r", "s", "iresnet-native", "inverse_cost", "moons", 0, "inverse_fwd_units", 12.0, "fwd passes",
-                False),
-            Row("r", "s", "iresnet-freia", "inverse_cost", "moons", 0, "inverse_fwd_units", 6.0, "fwd passes", False),
-            Row("r", "s", "resflow-native", "inverse_cost", "moons", 0, "inverse_fwd_units", 3.0, "fwd passes", False),
-            Row("r", "s", "glow-freia", "likelihood", "CIFAR-10", 0, "test_bpd", 3.5, "bits/dim", False)]
+                "down"),
+            Row("r", "s", "iresnet-freia", "inverse_cost", "moons", 0, "inverse_fwd_units", 6.0, "fwd passes", "down"),
+            Row("r", "s", "resflow-native", "inverse_cost", "moons", 0, "inverse_fwd_units", 3.0, "fwd passes",
+                "down"),
+            Row("r", "s", "iresnet-freia", "inverse_cost", "moons", 0, "inverse_fwd_units", 2.0, "fwd passes", "down",
+                input="noise"),
+            Row("r", "s", "iresnet-native", "inverse_cost", "moons", 0, "inverse_fwd_units", 30.0, "fwd passes",
+                "down", settings={"tol": 1e-8}),
+            Row("r", "s", "glow-freia", "likelihood", "CIFAR-10", 0, "test_bpd", 3.5, "bits/dim", "down"),
+            Row("r", "s", "glow-freia", "likelihood", "CIFAR-10", 0, "test_bpd", 9.0, "bits/dim", "down",
+                variant="reg")]
     ref_cost = Reference("cost", "iresnet", None, "inverse_fwd_units", "5-10", "src", "[checked]", low=5, high=10)
-    ref_bpd = Reference("bpd", "glow", "cifar10", "test_bpd", "3.35", "src", "[to verify]", value=3.35)
-    ref_none = Reference("bpd", "realnvp", "cifar10", "test_bpd", "3.49", "src", "[to verify]", value=3.49)
+    ref_bpd = Reference("bpd", "glow", "cifar10", "test_bpd", "3.35", "src", "[secondary]", value=3.35)
+    ref_none = Reference("bpd", "realnvp", "cifar10", "test_bpd", "3.49", "src", "[not found]", value=3.49)
     recs = reference_records(match_references(rows, None, [ref_cost, ref_bpd, ref_none]))
     by = {(r["claim"], r["measured_by"]): r for r in recs}
     assert by[("cost", "iresnet-native / moons")]["verdict"] == "above 5-10"
-    assert by[("cost", "iresnet-freia / moons")]["verdict"] == "inside"
+    assert by[("cost", "iresnet-freia / moons")]["verdict"] == "inside", "noise-input rows are not held against it"
+    assert by[("cost", "iresnet-native / moons [tol=1e-08]")]["measured"] == "30 (1/1)"
     assert ("cost", "resflow-native / moons") not in by, "another family must not be held against the claim"
     bpd = by[("bpd", "glow-freia / CIFAR-10")]
-    assert bpd["paper"] == "3.35" and bpd["status"] == "[to verify]" and bpd["verdict"].startswith("+0.15")
+    assert bpd["paper"] == "3.35" and bpd["status"] == "[secondary]" and bpd["verdict"].startswith("+0.15")
     assert by[("bpd", "—")]["measured"] == "not measured in this run"
+    assert by[("bpd", "—")]["paper"] == "3.49 (unverified: not found in a readable source)"
+
+
+def test_reference_statuses_are_the_checked_ones_and_explained(report: Path) -> None:
+    """Statuses and sources as checked on 2026-12-01 (DESIGN.md, "Reference numbers")."""
+    assert {r.status for r in REFERENCES} == set(REFERENCE_STATUSES)
+    assert all(status in STATUS_NOTE for status in REFERENCE_STATUSES) and "2026-12-01" in STATUS_NOTE
+    by: dict[tuple[str, str | None, str], Reference] = {(r.claim, r.dataset, r.text): r for r in REFERENCES}
+    cost = {r.text: r for r in REFERENCES if r.claim == "i-ResNet inverse cost"}
+    assert cost["5-10 forward passes"].status == "[checked]" and "talk" in cost["5-10 forward passes"].source
+    arxiv = cost["5-20 forward passes"]
+    assert arxiv.status == "[checked]" and "arXiv:1811.00995v1 abstract (2018)" in arxiv.source
+    assert "not in the ICML 2019 paper" in arxiv.source
+    assert by[("i-ResNet bits/dim", "mnist", "1.06")].status == "[secondary]"
+    assert by[("i-ResNet bits/dim", "cifar10", "3.45")].status == "[secondary]"
+    assert by[("Glow bits/dim", "cifar10", "3.35")].status == "[secondary]"
+    assert "3.39" in by[("Glow bits/dim", "cifar10", "3.35")].note
+    for dataset, text in (("mnist", "0.97"), ("cifar10", "3.28"), ("imagenet32", "4.01")):
+        assert by[("Residual Flow bits/dim", dataset, text)].status == "[not found]"
+    assert by[("RealNVP bits/dim", "cifar10", "3.49")].status == "[not found]"
+    code = {r.claim: r for r in REFERENCES if r.status == "[code]"}
+    assert "jhjacobsen/invertible-resnet" in code["i-ResNet density settings"].source
+    assert "5 power-series terms, 1 Gaussian Hutchinson probe" in code["i-ResNet density settings"].text
+    assert "rtqichen/residual-flows" in code["Residual Flow settings"].source
+    assert "20 exact terms in evaluation" in code["Residual Flow settings"].text
+    assert "atol = rtol = 1e-5" in code["Residual Flow settings"].text
+    readme = (report / "README.md").read_text(encoding="utf-8")
+    assert STATUS_NOTE in readme and "[to verify]" not in readme
+    assert STATUS_NOTE in (report / "index.html").read_text(encoding="utf-8").replace("&#x27;", "'")
 
 
 def test_density_grid_layouts_agree() -> None:
@@ -228,7 +373,7 @@ def test_tile_places_every_image() -> None:
 
 def test_missing_data_is_noted_not_drawn(tmp_path: Path) -> None:
     run = tmp_path / "bare"
-    append_rows(run / "results.jsonl", _rows([("a-x", "m", [1.0], ["ok"], False)]))
+    append_rows(run / "results.jsonl", _rows([("a-x", "m", [1.0], ["ok"], "down")]))
     assert main(["report", str(run / "results.jsonl"), "-o", str(tmp_path / "rep")]) == 0
     readme = (tmp_path / "rep" / "README.md").read_text(encoding="utf-8")
     assert "No run.json beside the results." in readme
@@ -251,7 +396,7 @@ def test_a_missing_artifact_is_noted_and_the_rest_drawn(tmp_path: Path) -> None:
 def test_default_report_folder_and_missing_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.chdir(tmp_path)
-    append_rows(tmp_path / "runs" / "quick-1" / "results.jsonl", _rows([("a-x", "m", [1.0], ["ok"], False)]))
+    append_rows(tmp_path / "runs" / "quick-1" / "results.jsonl", _rows([("a-x", "m", [1.0], ["ok"], "down")]))
     assert load_store("runs/quick-1").name == "quick-1"
     assert main(["report", "runs/quick-1"]) == 0
     assert (tmp_path / "reports" / "quick-1" / "index.html").is_file()

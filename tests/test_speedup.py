@@ -10,20 +10,21 @@ import pytest
 from bench.cli import main
 from bench.report.speedup import speedups
 from bench.report.tables import load_store
+from bench.run.rundir import Row
 
 
-def _row(model: str, task: str, metric: str, value: float | None, seed: int = 0, status: str = "ok") -> dict:
-    return {"run_id": "r", "suite": "s", "model": model, "task": task, "dataset": "moons", "seed": seed,
-            "metric": metric, "value": value, "unit": "", "higher_is_better": None, "status": status,
-            "config_hash": "h", "extra": {}}
+def _row(model: str, task: str, metric: str, value: float | None, seed: int = 0, status: str = "ok",
+         input: str = "") -> str:
+    return Row("r", "s", model, task, "moons", seed, metric, value, "", None, status, input=input,
+               config_hash="h").to_json()
 
 
 def _store(path: Path, steps: float, fwd: float, stab_seconds: float, device: str) -> Path:
     path.mkdir()
     rows = [_row("m", "likelihood", "train_steps", steps), _row("m", "likelihood", "train_time", 5.0),
             _row("m", "cost", "forward_throughput", fwd), _row("m", "cost", "inverse_throughput", None, status="error"),
-            _row("m", "stability", "lip_forward@test", 1.0)]
-    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            _row("m", "stability", "lip_forward", 1.0, input="test")]
+    (path / "results.jsonl").write_text("".join(r + "\n" for r in rows))
     cells = [{"key": "m|moons|s0|stability", "model": "m", "dataset": "moons", "seed": 0, "task": "stability",
               "status": "ok", "seconds": stab_seconds},
              {"key": "m|moons|s0|likelihood", "model": "m", "dataset": "moons", "seed": 0, "task": "likelihood",

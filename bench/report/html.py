@@ -37,9 +37,10 @@ def _records_table(fields: Sequence[str], records: Sequence[dict[str, str]]) -> 
 
 
 def render_page(title: str, command: str, legend: str, record: Sequence[tuple[str, str]], tables: Sequence[Table],
-                references: Sequence[dict[str, str]], plots: Sequence[Plot], skipped: Sequence[Skipped]) -> str:
+                references: Sequence[dict[str, str]], plots: Sequence[Plot], skipped: Sequence[Skipped],
+                reference_note: str = "") -> str:
     """The whole page. ``record`` is the flattened run record; ``references`` the records of
-    :func:`bench.report.references.reference_records`."""
+    :func:`bench.report.references.reference_records`, explained by ``reference_note``."""
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -57,6 +58,8 @@ def render_page(title: str, command: str, legend: str, record: Sequence[tuple[st
         out.append(f"<h3>{html.escape(table.title)}</h3>")
         out.append(to_html(table))
     out.append("<h2>Paper references</h2>")
+    if reference_note:
+        out.append(f"<p>{html.escape(reference_note)}</p>")
     out.append(_records_table(REFERENCE_FIELDS, references))
     out.append("<h2>Plots</h2>")
     for plot in plots:

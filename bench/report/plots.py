@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.report.tables import CONDITION_ORDER, Cell, MetricName, Store, slug
+from bench.report.tables import INPUT_ORDER, Cell, Store, aggregate, frame, slug
 from bench.run.rundir import Row
 
 DPI = 100
@@ -273,52 +273,60 @@ def _recon_iters(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[P
     return plots
 
 
-def _means(store: Store, bases: Sequence[str]) -> dict[str, dict[tuple[str, str, str, str], Cell]]:
-    """``{dataset: {(base, model[+variant], condition, settings): cell}}`` for metrics whose base is in ``bases``."""
-    out: dict[str, dict[tuple[str, str, str, str], Cell]] = {}
-    for row in store.rows:
-        m = MetricName.parse(row.metric)
-        if m.base in bases:
-            model = row.model + (f"+{m.variant}" if m.variant else "")
-            out.setdefault(row.dataset, {}).setdefault((m.base, model, m.condition, m.settings), Cell()).add(row)
-    return out
+#: a plotted cell: (metric, model, variant, input, settings_key)
+MeanKey = tuple[str, str, str, str, str]
+
+
+def _means(store: Store, metrics: Sequence[str]) -> tuple[dict[str, dict[MeanKey, Cell]], dict[str, str]]:
+    """``{dataset: {(metric, model, variant, input, settings_key): cell}}`` for rows whose metric is in
+    ``metrics``, and the display text of each settings key."""
+    df = frame(store.rows)
+    df = df[df["metric"].isin(list(metrics))]
+    out: dict[str, dict[MeanKey, Cell]] = {}
+    for (dataset, *key), cell in aggregate(df, ("dataset", "metric", "model", "variant", "input",
+                                                "settings_key")).items():
+        out.setdefault(str(dataset), {})[(key[0], key[1], key[2], key[3], key[4])] = cell
+    return out, dict(zip(df["settings_key"], df["settings"], strict=True))
 
 
 def _lipschitz(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[Plot]:
     plots = []
-    for dataset, cells in sorted(_means(store, ("lip_forward", "lip_inverse")).items()):
-        conds = sorted({k[2] for k in cells},
-                       key=lambda c: (CONDITION_ORDER.index(c), "") if c in CONDITION_ORDER else (99, c))
-        models = sorted({k[1] for k in cells})
+    by_dataset, _ = _means(store, ("lip_forward", "lip_inverse"))
+    for dataset, cells in sorted(by_dataset.items()):
+        inputs = sorted({k[3] for k in cells},
+                        key=lambda c: (INPUT_ORDER.index(c), "") if c in INPUT_ORDER else (99, c))
+        models = sorted({(k[1], k[2]) for k in cells})
         if not any(c.mean is not None for c in cells.values()):
             skipped.append(Skipped("lipschitz", f"{dataset}: no ok lip_forward / lip_inverse rows"))
             continue
         fig, axes = _figure(2, ncols=2, size=3.4)
-        for ax, base in zip(axes, ("lip_forward", "lip_inverse"), strict=True):
-            for j, (color, model) in enumerate(zip(_colors(len(models)), models, strict=True)):
-                ys = [cells[(base, model, c, "")].mean if (base, model, c, "") in cells else None for c in conds]
-                xs = np.arange(len(conds)) + (j - (len(models) - 1) / 2) * 0.08
-                style = "s--" if "+" in model else "o-"
-                ax.plot(xs, _positive(ys), style, ms=4, lw=0.8, color=color, label=model)
-            ax.set_xticks(range(len(conds)))
-            ax.set_xticklabels([c or "-" for c in conds])
-            _finish(ax, False, True, "input", base, legend=base == "lip_forward")
+        for ax, metric in zip(axes, ("lip_forward", "lip_inverse"), strict=True):
+            for j, (color, (model, variant)) in enumerate(zip(_colors(len(models)), models, strict=True)):
+                ys = [cells[k].mean if (k := (metric, model, variant, c, "")) in cells else None for c in inputs]
+                xs = np.arange(len(inputs)) + (j - (len(models) - 1) / 2) * 0.08
+                label = model + (f"+{variant}" if variant else "")
+                ax.plot(xs, _positive(ys), "s--" if variant else "o-", ms=4, lw=0.8, color=color, label=label)
+            ax.set_xticks(range(len(inputs)))
+            ax.set_xticklabels([c or "-" for c in inputs])
+            _finish(ax, False, True, "input", metric, legend=metric == "lip_forward")
         plots.append(_save(fig, plot_dir, "lipschitz", dataset, f"Lipschitz constants on {dataset}: test vs OOD"))
     return plots
 
 
 def _logdet(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[Plot]:
     plots = []
-    for dataset, cells in sorted(_means(store, ("logdet_bias", "logdet_std", "logdet_cost")).items()):
+    by_dataset, settings_texts = _means(store, ("logdet_bias", "logdet_std", "logdet_cost"))
+    for dataset, cells in sorted(by_dataset.items()):
         series: dict[str, list[tuple[float, float, float, str]]] = {}
-        for (base, model, _, settings), cell in cells.items():
-            if base != "logdet_cost" or cell.mean is None:
+        for (metric, model, variant, inp, skey), cell in cells.items():
+            if metric != "logdet_cost" or cell.mean is None:
                 continue
-            bias = cells.get(("logdet_bias", model, "", settings))
-            std = cells.get(("logdet_std", model, "", settings))
+            bias = cells.get(("logdet_bias", model, variant, inp, skey))
+            std = cells.get(("logdet_std", model, variant, inp, skey))
             b = abs(bias.mean) if bias is not None and bias.mean is not None else math.nan
             s = std.mean if std is not None and std.mean is not None else math.nan
-            series.setdefault(model, []).append((cell.mean, b, s, settings))
+            label = model + (f"+{variant}" if variant else "") + (f" ({inp})" if inp else "")
+            series.setdefault(label, []).append((cell.mean, b, s, settings_texts.get(skey, "")))
         if not series:
             skipped.append(Skipped("logdet", f"{dataset}: no ok logdet_cost rows to place the estimators on"))
             continue

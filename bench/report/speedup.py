@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.report.tables import Store, load_store
+import pandas as pd
+
+from bench.report.tables import Store, frame, load_store
 from bench.run.rundir import LEDGER, read_ledger
 
-Key = tuple[str, str, int]  # (model, dataset, seed)
 TRAINING_TASKS = ("likelihood", "classification")
 THROUGHPUTS = ("forward_throughput", "inverse_throughput")
+#: one rate: which task and measure, of which cell
+RATE_KEY = ["task", "measure", "model", "dataset", "seed"]
 
 
 @dataclass(frozen=True)
@@ -45,47 +46,43 @@ class Speedup:
     pairs: int
 
 
-def _ledger_seconds(store: Store) -> dict[str, dict[Key, float]]:
-    """task -> (model, dataset, seed) -> cell seconds, for cells that finished ok."""
-    out: dict[str, dict[Key, float]] = defaultdict(dict)
-    for cell in read_ledger(store.run_dir / LEDGER).values():
-        if cell.get("status") == "ok" and float(cell.get("seconds", 0)) > 0:
-            out[cell["task"]][(cell["model"], cell["dataset"], int(cell["seed"]))] = float(cell["seconds"])
-    return out
+def _ledger_rates(store: Store) -> pd.DataFrame:
+    """Cells per second (``1 / seconds``) of the ledger's ok cells of tasks that are not rated by their rows."""
+    cells = pd.DataFrame.from_records(list(read_ledger(store.run_dir / LEDGER).values()),
+                                      columns=["task", "model", "dataset", "seed", "status", "seconds"])
+    cells["seconds"] = pd.to_numeric(cells["seconds"], errors="coerce").fillna(0.0)
+    cells = cells[(cells["status"] == "ok") & (cells["seconds"] > 0)
+                  & ~cells["task"].isin([*TRAINING_TASKS, "cost"])]
+    return cells.assign(measure="cells/s", seed=cells["seed"].astype(int), rate=1.0 / cells["seconds"])
 
 
-def rates(store: Store) -> dict[tuple[str, str], dict[Key, float]]:
-    """(task, measure) -> (model, dataset, seed) -> rate (higher is faster), as the module docstring defines."""
-    out: dict[tuple[str, str], dict[Key, float]] = defaultdict(dict)
-    train: dict[tuple[str, Key], dict[str, float]] = defaultdict(dict)
-    for r in store.rows:
-        if r.status != "ok" or r.value is None:
-            continue
-        key = (r.model, r.dataset, r.seed)
-        if r.task in TRAINING_TASKS and r.metric in ("train_steps", "train_time"):
-            train[(r.task, key)][r.metric] = r.value
-        elif r.task == "cost" and r.metric in THROUGHPUTS and r.value > 0:
-            out[("cost", r.metric)][key] = r.value
-    for (task, key), m in train.items():
-        if m.get("train_time", 0) > 0 and m.get("train_steps", 0) > 0:
-            out[(task, "train steps/s")][key] = m["train_steps"] / m["train_time"]
-    for task, cells in _ledger_seconds(store).items():
-        if task in TRAINING_TASKS or task == "cost":
-            continue
-        for key, seconds in cells.items():
-            out[(task, "cells/s")][key] = 1.0 / seconds
-    return out
+def rates(store: Store) -> pd.DataFrame:
+    """One line per (task, measure, model, dataset, seed) with its ``rate`` (higher is faster), as the module
+    docstring defines; a later row of the same key replaces an earlier one."""
+    df = frame(store.rows)
+    ok = df[(df["status"] == "ok") & df["has_value"]]
+    train = ok[ok["task"].isin(TRAINING_TASKS) & ok["metric"].isin(["train_steps", "train_time"])]
+    if train.empty:
+        train = pd.DataFrame(columns=df.columns).astype({"value": float})
+    wide = train.pivot_table(index=["task", "model", "dataset", "seed"], columns="metric", values="value",
+                             aggfunc="last").reindex(columns=["train_steps", "train_time"])
+    wide = wide[(wide["train_steps"] > 0) & (wide["train_time"] > 0)].reset_index()
+    steps = wide.assign(measure="train steps/s", rate=wide["train_steps"] / wide["train_time"])
+    cost = ok[(ok["task"] == "cost") & ok["metric"].isin(THROUGHPUTS) & (ok["value"] > 0)]
+    cost = cost.assign(measure=cost["metric"], rate=cost["value"])
+    parts = [p[[*RATE_KEY, "rate"]] for p in (steps, cost, _ledger_rates(store)) if not p.empty]
+    if not parts:
+        return pd.DataFrame(columns=[*RATE_KEY, "rate"])
+    return pd.concat(parts, ignore_index=True).drop_duplicates(RATE_KEY, keep="last")
 
 
 def speedups(a: Store, b: Store) -> list[Speedup]:
     """One :class:`Speedup` per (task, measure) with at least one pair, sorted by task then measure."""
-    ra, rb = rates(a), rates(b)
-    lines = []
-    for tm in sorted(set(ra) & set(rb)):
-        ratios = [rb[tm][k] / ra[tm][k] for k in sorted(set(ra[tm]) & set(rb[tm]))]
-        if ratios:
-            lines.append(Speedup(tm[0], tm[1], statistics.median(ratios), min(ratios), max(ratios), len(ratios)))
-    return lines
+    pairs = rates(a).merge(rates(b), on=RATE_KEY, suffixes=("_a", "_b"))
+    pairs["ratio"] = pairs["rate_b"].astype(float) / pairs["rate_a"].astype(float)
+    stats = pairs.groupby(["task", "measure"], sort=True)["ratio"].agg(["median", "min", "max", "size"])
+    return [Speedup(str(r["task"]), str(r["measure"]), float(r["median"]), float(r["min"]), float(r["max"]),
+                    int(r["size"])) for r in stats.reset_index().to_dict("records")]
 
 
 def render(a: Store, b: Store, lines: Sequence[Speedup]) -> str:

@@ -1,59 +1,70 @@
 """Tables from a results store: rows grouped per (task, dataset), models as rows, metrics as columns.
 
-Reading a store (:func:`load_store`), aggregating seeds into cells (:class:`Cell`), laying cells out as
-tables (:func:`build_tables`) and rendering them as Markdown, LaTeX, HTML cells and CSV records.
+Reading a store (:func:`load_store`), the rows as a pandas DataFrame (:func:`frame`), seeds aggregated into
+cells by ``groupby`` (:func:`seed_stats`, :class:`Cell`), cells laid out as tables (:func:`build_tables`) and
+rendered as Markdown, LaTeX (pandas' Styler), HTML cells and CSV records (``DataFrame.to_csv``).
 
-Metric names carry structure that becomes table rows rather than columns (one column per measured quantity,
-not per condition), parsed by :class:`MetricName`:
+A row's identity is its fields (:class:`bench.run.rundir.Row`): a table column is one ``metric`` (with its unit
+and the arrow of the row's ``direction``), a table row is one (model with its ``variant``, ``input``,
+``settings``): the stability inputs and the estimator settings become rows, not columns, so a column holds one
+measured quantity. A cell is "mean ± std (n_ok/n_total)" over seeds (std with ddof=1, left out for one seed);
+rows with a status other than ``ok`` are counted and shown by status ("unsupported", "diverged 1/2"), never
+dropped. The best cell of a column among rows with the same input and settings is marked by the direction: ``up``
+the largest mean, ``down`` the smallest, ``zero`` the smallest ``|mean|``; undirected columns are not judged.
 
-- ``lip_forward@noise`` -> column ``lip_forward``, row condition ``noise`` (stability inputs);
-- ``logdet_bias[terms=5,probes=1]`` -> column ``logdet_bias``, row settings ``terms=5,probes=1``;
-- ``lip_inverse@noise+reg`` -> column ``lip_inverse``, row model ``<model>+reg`` (a variant of the model).
-
-A cell is "mean ± std (n_ok/n_total)" over seeds (std with ddof=1, left out for one seed); rows with a status
-other than ``ok`` are counted and shown by status ("unsupported", "diverged 1/2"), never dropped. The best
-cell of a column among rows with the same condition and settings is marked by the metric's direction;
-metrics in :data:`ABS_METRICS` (signed errors such as ``logdet_bias``) are judged by ``|mean|``, closest to 0.
+A model whose ``train_steps`` rows on a data set are all 0 (a suite budget of ``steps = 0``: measured as
+initialised) is labelled ``(untrained)`` in every table of that data set.
 """
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import math
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.run.rundir import Row, read_rows
+import numpy as np
+import pandas as pd
+
+from bench.run.rundir import STATUSES, ReadStats, Row, read_rows, settings_key
 
 #: the order tasks appear in reports (the order a suite runs them, as in ``bench.tasks.registry``; kept here
 #: so reporting does not import torch); unknown tasks follow alphabetically
 TASK_ORDER: tuple[str, ...] = ("likelihood", "classification", "inverse_cost", "stability", "logdet", "cost")
-#: the order of stability input kinds (the ``@`` suffix); unknown kinds follow alphabetically
-CONDITION_ORDER: tuple[str, ...] = ("test", "noise", "uniform", "scaled", "ood")
-#: signed errors judged by their magnitude: the best is the one closest to zero
-ABS_METRICS: frozenset[str] = frozenset({"logdet_bias"})
+#: the order of input kinds (a row's ``input``); unknown kinds follow alphabetically
+INPUT_ORDER: tuple[str, ...] = ("test", "noise", "uniform", "scaled", "ood")
+#: the fields that identify a cell of a table: one measured quantity of one model over seeds
+CELL_KEY: tuple[str, ...] = ("task", "dataset", "model", "variant", "input", "settings_key", "metric")
 
 Style = Literal["plain", "md", "tex", "html"]
 
 
 @dataclass
 class Store:
-    """A loaded results store: the run directory, its rows and its run record (``run.json``, or ``{}``)."""
+    """A loaded results store: the run directory, its rows, its run record (``run.json``, or ``{}``) and the
+    lines of results.jsonl that could not be read (``read``)."""
 
     run_dir: Path
     results_path: Path
     rows: list[Row]
     record: dict[str, Any]
+    read: ReadStats = field(default_factory=ReadStats)
 
     @property
     def name(self) -> str:
         return self.run_dir.name
+
+    @property
+    def suites(self) -> set[str]:
+        """The suite names the run record and the rows give (empty names left out)."""
+        names = {r.suite for r in self.rows if r.suite}
+        if isinstance(self.record.get("suite"), str) and self.record["suite"]:
+            names.add(self.record["suite"])
+        return names
 
 
 def load_store(path: str | Path) -> Store:
@@ -69,31 +80,9 @@ def load_store(path: str | Path) -> Store:
     if run_json.is_file():
         loaded = json.loads(run_json.read_text(encoding="utf-8"))
         record = loaded if isinstance(loaded, dict) else {"record": loaded}
-    return Store(run_dir=run_dir, results_path=results, rows=list(read_rows(results)), record=record)
-
-
-@dataclass(frozen=True)
-class MetricName:
-    """A metric name split into ``base[settings]@condition+variant`` (each part but ``base`` optional)."""
-
-    base: str
-    settings: str = ""
-    condition: str = ""
-    variant: str = ""
-
-    @classmethod
-    def parse(cls, name: str) -> MetricName:
-        m = re.search(r"\[([^\]]*)\]", name)
-        settings = m.group(1) if m else ""
-        rest = name[: m.start()] + name[m.end():] if m else name
-        core, *tags = rest.split("+")
-        base, _, condition = core.partition("@")
-        variants = []
-        for tag in tags:
-            tag_name, _, tag_cond = tag.partition("@")
-            condition = tag_cond or condition
-            variants.append(tag_name)
-        return cls(base=base, settings=settings, condition=condition, variant="+".join(variants))
+    stats = ReadStats()
+    rows = list(read_rows(results, stats))
+    return Store(run_dir=run_dir, results_path=results, rows=rows, record=record, read=stats)
 
 
 def family_of(model: str, record: dict[str, Any] | None = None) -> str:
@@ -109,6 +98,11 @@ def family_of(model: str, record: dict[str, Any] | None = None) -> str:
     return model.rsplit("-", 1)[0] if "-" in model else model
 
 
+def settings_text(settings: dict[str, Any]) -> str:
+    """Settings for display, keys sorted: ``{"terms": 5, "probes": 1}`` -> ``probes=1,terms=5``."""
+    return ",".join(f"{k}={settings[k]}" for k in sorted(settings))
+
+
 def fmt_num(v: float, digits: int = 4) -> str:
     """A number with ``digits`` significant digits (``g`` format: exponent form below 1e-4 and from 10**digits)."""
     if math.isnan(v):
@@ -120,46 +114,88 @@ def fmt_num(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+# ----------------------------------------------------------------------------------------------- aggregation
+FRAME_COLUMNS: tuple[str, ...] = ("run_id", "suite", "model", "task", "dataset", "seed", "metric", "input",
+                                  "variant", "settings", "settings_key", "value", "has_value", "unit", "direction",
+                                  "status", "config_hash", "extra")
+
+
+def frame(rows: Iterable[Row]) -> pd.DataFrame:
+    """One line per row, columns :data:`FRAME_COLUMNS`: the row's fields, ``settings`` as display text
+    (:func:`settings_text`) and ``settings_key`` its canonical JSON (:func:`bench.run.rundir.settings_key`, the
+    grouping key); ``value`` a float (NaN when the row has none, ``has_value`` False then)."""
+    records = [{
+        "run_id": r.run_id, "suite": r.suite, "model": r.model, "task": r.task, "dataset": r.dataset,
+        "seed": int(r.seed), "metric": r.metric, "input": r.input, "variant": r.variant,
+        "settings": settings_text(r.settings), "settings_key": settings_key(r.settings),
+        "value": math.nan if r.value is None else float(r.value), "has_value": r.value is not None,
+        "unit": r.unit, "direction": r.direction, "status": r.status, "config_hash": r.config_hash,
+        "extra": r.extra,
+    } for r in rows]
+    return pd.DataFrame.from_records(records, columns=list(FRAME_COLUMNS))
+
+
+def status_columns(stats: pd.DataFrame) -> list[str]:
+    """The ``status:<name>`` count columns of a :func:`seed_stats` frame, in :data:`STATUSES` order."""
+    cols = [c for c in stats.columns if str(c).startswith("status:")]
+    return sorted(cols, key=lambda c: (STATUSES.index(c[7:]) if c[7:] in STATUSES else len(STATUSES), c))
+
+
+def seed_stats(df: pd.DataFrame, keys: Sequence[str] = CELL_KEY) -> pd.DataFrame:
+    """Aggregate a :func:`frame` over seeds: one line per ``keys`` group, in order of first appearance.
+
+    Columns: ``mean`` and ``std`` (ddof=1, two-pass: sqrt(sum (v - mean)^2 / (n - 1))) of the values of ok rows,
+    NaN when any of them is NaN (and ``std`` NaN when any is infinite, or with fewer than two); ``n_ok`` (ok rows
+    with a value), ``n_total`` (all rows), ``status:<name>`` (rows per status), ``unit`` (the first non-empty),
+    ``direction`` (the first given) and ``settings`` (display text).
+    """
+    keys = list(keys)
+    columns = ["mean", "std", "n_ok", "n_total", "unit", "direction", "settings"]
+    if df.empty:
+        return pd.DataFrame(columns=columns, index=pd.MultiIndex.from_tuples([], names=keys))
+    groups = df.groupby(keys, sort=False)
+    stats = groups.agg(n_total=("status", "size"), unit=("unit", lambda s: next((u for u in s if u), "")),
+                       direction=("direction", "first"), settings=("settings", "first"))
+    counts = df.groupby([*keys, "status"], sort=False).size().unstack("status", fill_value=0)
+    counts = counts.reindex(stats.index, fill_value=0)
+    for status in counts.columns:
+        stats[f"status:{status}"] = counts[status].astype(int)
+    ok = df[(df["status"] == "ok") & df["has_value"]]
+    by = [ok[k] for k in keys]
+    values = ok["value"].astype(float)
+    n_ok = values.groupby(by, sort=False).size()
+    mean = values.groupby(by, sort=False).mean()
+    sq_dev = (values - values.groupby(by, sort=False).transform("mean")) ** 2
+    std = np.sqrt(sq_dev.groupby(by, sort=False).sum() / (n_ok - 1).where(n_ok > 1))
+    any_nan = values.isna().groupby(by, sort=False).any()
+    all_finite = (values.abs() < math.inf).groupby(by, sort=False).all()  # NaN is not finite either
+    stats["n_ok"] = n_ok.reindex(stats.index, fill_value=0).astype(int)
+    stats["mean"] = mean.mask(any_nan).reindex(stats.index)
+    stats["std"] = std.mask(~all_finite).reindex(stats.index)
+    return stats
+
+
 @dataclass
 class Cell:
-    """All rows of one (model, task, dataset, metric): the ok values and the count of every status."""
+    """One group of rows over seeds: the statistics of its ok values and the count of every status."""
 
-    values: list[float] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
+    mean: float | None = None
+    std: float | None = None
+    n_ok: int = 0
+    n_total: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
     unit: str = ""
-    higher_is_better: bool | None = None
+    direction: str | None = None
 
-    def add(self, row: Row) -> None:
-        self.statuses[row.status] += 1
-        if row.status == "ok" and row.value is not None:
-            self.values.append(float(row.value))
-        if not self.unit and row.unit:
-            self.unit = row.unit
-        if self.higher_is_better is None and row.higher_is_better is not None:
-            self.higher_is_better = row.higher_is_better
-
-    @property
-    def n_total(self) -> int:
-        return sum(self.statuses.values())
-
-    @property
-    def n_ok(self) -> int:
-        return len(self.values)
-
-    @property
-    def mean(self) -> float | None:
-        return math.fsum(self.values) / len(self.values) if self.values else None
-
-    @property
-    def std(self) -> float | None:
-        """Sample standard deviation over seeds (ddof=1); None with fewer than two ok values."""
-        if len(self.values) < 2:
-            return None
-        m = self.mean
-        assert m is not None
-        if not all(math.isfinite(v) for v in self.values):
-            return math.nan
-        return math.sqrt(math.fsum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+    @classmethod
+    def from_stats(cls, stats: Mapping[Any, Any]) -> Cell:
+        """A cell from one line of :func:`seed_stats` (as a dict)."""
+        n_ok = int(stats["n_ok"])
+        statuses = {str(k)[7:]: int(v) for k, v in stats.items() if str(k).startswith("status:") and int(v) > 0}
+        direction = stats.get("direction")
+        return cls(mean=float(stats["mean"]) if n_ok else None, std=float(stats["std"]) if n_ok >= 2 else None,
+                   n_ok=n_ok, n_total=int(stats["n_total"]), statuses=statuses, unit=str(stats.get("unit") or ""),
+                   direction=direction if isinstance(direction, str) else None)
 
     def status_text(self) -> str:
         """The non-ok statuses: ``unsupported`` alone when every row is unsupported, else ``diverged 1/2, ...``."""
@@ -174,12 +210,11 @@ class Cell:
     def parts(self, style: Style = "plain", best: bool = False) -> tuple[str, str]:
         """``("mean ± std (n_ok/n_total)", statuses)``; either may be empty; the number bold when ``best``."""
         number = ""
-        mean, std = self.mean, self.std
-        if mean is not None:
-            number = fmt_num(mean)
+        if self.mean is not None:
+            number = fmt_num(self.mean)
             pm = {"tex": r" $\pm$ ", "html": " &plusmn; "}.get(style, " ± ")
-            if std is not None:
-                number += pm + fmt_num(std, 2)
+            if self.std is not None:
+                number += pm + fmt_num(self.std, 2)
             if best:
                 number = {"md": f"**{number}**", "tex": rf"\textbf{{{number}}}",
                           "html": f"<b>{number}</b>"}.get(style, number)
@@ -190,69 +225,83 @@ class Cell:
         """``mean ± std (n_ok/n_total)`` then the statuses, joined by ``; ``."""
         return "; ".join(p for p in self.parts(style, best) if p)
 
-    def score(self, metric: str) -> float | None:
-        """The value the column's best is chosen by (larger is better), or None when not judged."""
-        mean = self.mean
-        if mean is None or math.isnan(mean):
-            return None
-        if metric in ABS_METRICS:
-            return -abs(mean)
-        if self.higher_is_better is None:
-            return None
-        return mean if self.higher_is_better else -mean
+
+def aggregate(rows: Iterable[Row] | pd.DataFrame, keys: Sequence[str] = CELL_KEY) -> dict[tuple[Any, ...], Cell]:
+    """``{key tuple: Cell}`` over seeds, grouped by ``keys`` (fields of :func:`frame`), first-appearance order."""
+    df = rows if isinstance(rows, pd.DataFrame) else frame(rows)
+    stats = seed_stats(df, keys)
+    return {k if isinstance(k, tuple) else (k,): Cell.from_stats(v) for k, v in stats.to_dict("index").items()}
 
 
-CellKey = tuple[str, str, str, str]  # (model, task, dataset, metric)
+def score(mean: pd.Series, direction: pd.Series) -> pd.Series:
+    """What the best of a column is chosen by (larger is better): ``mean`` (up), ``-mean`` (down), ``-|mean|``
+    (zero); NaN for undirected metrics and for NaN means."""
+    sign = direction.map({"up": 1.0, "down": -1.0, "zero": -1.0}).astype(float)
+    value = mean.astype(float).where(direction != "zero", mean.astype(float).abs())
+    return value * sign
 
 
-def aggregate(rows: Iterable[Row]) -> dict[CellKey, Cell]:
-    """Group rows by (model, task, dataset, metric) over seeds, in first-appearance order."""
-    cells: dict[CellKey, Cell] = {}
-    for row in rows:
-        cells.setdefault((row.model, row.task, row.dataset, row.metric), Cell()).add(row)
-    return cells
+def untrained_models(df: pd.DataFrame) -> set[tuple[str, str]]:
+    """``(model, dataset)`` pairs whose ok ``train_steps`` rows all have value 0 (a budget of ``steps = 0``)."""
+    steps = df[(df["metric"] == "train_steps") & (df["status"] == "ok") & df["has_value"]]
+    if steps.empty:
+        return set()
+    zero = steps.groupby(["model", "dataset"])["value"].agg(lambda v: bool((v == 0).all()))
+    pairs = zero[zero.astype(bool)].index
+    return set(zip(pairs.get_level_values("model").astype(str), pairs.get_level_values("dataset").astype(str),
+                   strict=True))
 
 
+# ----------------------------------------------------------------------------------------------- tables
 @dataclass
 class Column:
-    """One table column: a base metric with its unit and direction."""
+    """One table column: a metric with its unit and direction."""
 
     metric: str
     unit: str = ""
-    higher_is_better: bool | None = None
+    direction: str | None = None
 
     def header(self, style: Style = "plain") -> str:
-        if self.metric in ABS_METRICS:
-            arrow = {"tex": r"$|\cdot|\downarrow$", "html": "|&middot;| &darr;"}.get(style, "|·| ↓")
-        elif self.higher_is_better is None:
-            arrow = ""
-        elif self.higher_is_better:
-            arrow = {"tex": r"$\uparrow$", "html": "&uarr;"}.get(style, "↑")
-        else:
-            arrow = {"tex": r"$\downarrow$", "html": "&darr;"}.get(style, "↓")
+        arrows = {
+            "zero": {"tex": r"$|\cdot|\downarrow$", "html": "|&middot;| &darr;"}.get(style, "|·| ↓"),
+            "up": {"tex": r"$\uparrow$", "html": "&uarr;"}.get(style, "↑"),
+            "down": {"tex": r"$\downarrow$", "html": "&darr;"}.get(style, "↓"),
+        }
         name = self.metric + (f" ({self.unit})" if self.unit else "")
         if style == "tex":
             name = tex_escape(name)
         elif style == "html":
             name = html.escape(name)
-        return f"{name} {arrow}".strip()
+        return f"{name} {arrows.get(self.direction or '', '')}".strip()
 
 
-RowKey = tuple[str, str, str]  # (model[+variant], condition, settings)
+@dataclass(frozen=True)
+class TableRow:
+    """One table row: a model (with its variant) on one input with one set of settings."""
+
+    model: str
+    variant: str = ""
+    input: str = ""
+    settings_key: str = ""
+    settings: str = ""
+    untrained: bool = False
+
+    @property
+    def label(self) -> str:
+        """``model``, ``model+variant``, with `` (untrained)`` for a model measured as initialised."""
+        return self.model + (f"+{self.variant}" if self.variant else "") + (" (untrained)" if self.untrained else "")
 
 
 @dataclass
 class Table:
-    """One table: a task on a data set; rows are (model, condition, settings), columns base metrics."""
+    """One table: a task on a data set; rows are :class:`TableRow`, columns metrics."""
 
     task: str
     dataset: str
-    rows: list[RowKey]
+    rows: list[TableRow]
     columns: list[Column]
-    cells: dict[tuple[RowKey, str], Cell]
-    best: set[tuple[RowKey, str]]
-    #: the full metric name of each cell (for the summary CSV)
-    metric_names: dict[tuple[RowKey, str], str]
+    cells: dict[tuple[TableRow, str], Cell]
+    best: set[tuple[TableRow, str]]
 
     @property
     def slug(self) -> str:
@@ -265,26 +314,36 @@ class Table:
     def index_names(self) -> list[str]:
         """``model`` plus ``input`` / ``settings`` when any row has one."""
         names = ["model"]
-        if any(r[1] for r in self.rows):
+        if any(r.input for r in self.rows):
             names.append("input")
-        if any(r[2] for r in self.rows):
+        if any(r.settings for r in self.rows):
             names.append("settings")
         return names
 
-    def index_values(self, key: RowKey) -> list[str]:
-        vals = [key[0]]
-        names = self.index_names()
-        if "input" in names:
-            vals.append(key[1])
-        if "settings" in names:
-            vals.append(key[2])
-        return vals
+    def index_values(self, row: TableRow) -> list[str]:
+        values = {"model": row.label, "input": row.input, "settings": row.settings}
+        return [values[n] for n in self.index_names()]
 
-    def cell_text(self, key: RowKey, column: str, style: Style = "plain") -> str:
-        cell = self.cells.get((key, column))
+    def cell_text(self, row: TableRow, column: str, style: Style = "plain") -> str:
+        cell = self.cells.get((row, column))
         if cell is None:
-            return "—"
-        return cell.render(style, best=(key, column) in self.best)
+            return {"tex": "---", "html": "&mdash;"}.get(style, "—")
+        if style == "tex":
+            number, status = cell.parts("tex", best=(row, column) in self.best)
+            return "; ".join(p for p in (number, tex_escape(status)) if p)
+        if style == "html":
+            number, status = cell.parts("html", best=(row, column) in self.best)
+            return "; ".join(p for p in (number, html.escape(status)) if p)
+        return cell.render(style, best=(row, column) in self.best)
+
+    def display(self, style: Style = "plain") -> pd.DataFrame:
+        """The table as strings: index columns (escaped for ``style``) then one column per metric."""
+        escapes: dict[str, Callable[[str], str]] = {"tex": tex_escape, "html": html.escape}
+        escape = escapes.get(style, str)
+        head = [escape(n) for n in self.index_names()] + [c.header(style) for c in self.columns]
+        body = [[escape(v) for v in self.index_values(r)] + [self.cell_text(r, c.metric, style) for c in self.columns]
+                for r in self.rows]
+        return pd.DataFrame(body, columns=head, dtype=object)
 
 
 def slug(text: str) -> str:
@@ -298,64 +357,54 @@ def _order(value: str, order: Sequence[str]) -> tuple[int, str]:
 
 def build_tables(rows: Sequence[Row]) -> list[Table]:
     """One :class:`Table` per (task, dataset), tasks in :data:`TASK_ORDER`, data sets alphabetically."""
-    groups: dict[tuple[str, str], list[Row]] = {}
-    for row in rows:
-        groups.setdefault((row.task, row.dataset), []).append(row)
+    df = frame(rows)
+    stats = seed_stats(df, CELL_KEY)
+    if stats.empty:
+        return []
+    stats["score"] = score(stats["mean"], stats["direction"])
+    judged = stats.groupby(level=["task", "dataset", "metric", "input", "settings_key"], sort=False)["score"]
+    # a lone judged entry is not "best" of anything
+    stats["best"] = (judged.transform("count") >= 2) & (stats["score"] == judged.transform("max"))
+    untrained = untrained_models(df)
+    flat = stats.reset_index()
     tables = []
-    for (task, dataset), group in sorted(groups.items(), key=lambda kv: (_order(kv[0][0], TASK_ORDER), kv[0][1])):
-        tables.append(_build_table(task, dataset, group))
+    for (task, dataset), group in sorted(flat.groupby(["task", "dataset"], sort=False),
+                                         key=lambda kv: (_order(str(kv[0][0]), TASK_ORDER), str(kv[0][1]))):
+        tables.append(_build_table(str(task), str(dataset), group, untrained))
     return tables
 
 
-def _build_table(task: str, dataset: str, rows: list[Row]) -> Table:
-    cells: dict[tuple[RowKey, str], Cell] = {}
-    names: dict[tuple[RowKey, str], str] = {}
+def _build_table(task: str, dataset: str, group: pd.DataFrame, untrained: set[tuple[str, str]]) -> Table:
+    settings_order = list(dict.fromkeys(group["settings_key"]))
     columns: dict[str, Column] = {}
-    settings_order: list[str] = []
-    for row in rows:
-        m = MetricName.parse(row.metric)
-        model = row.model + (f"+{m.variant}" if m.variant else "")
-        key: RowKey = (model, m.condition, m.settings)
-        cells.setdefault((key, m.base), Cell()).add(row)
-        names[(key, m.base)] = row.metric
-        col = columns.setdefault(m.base, Column(m.base))
-        if not col.unit and row.unit:
-            col.unit = row.unit
-        if col.higher_is_better is None and row.higher_is_better is not None:
-            col.higher_is_better = row.higher_is_better
-        if m.settings not in settings_order:
-            settings_order.append(m.settings)
-    row_keys = sorted({k for k, _ in cells},
-                      key=lambda k: (k[0], _order(k[1], CONDITION_ORDER), settings_order.index(k[2])))
-    best: set[tuple[RowKey, str]] = set()
-    for col in columns.values():
-        by_group: dict[tuple[str, str], list[tuple[float, RowKey]]] = {}
-        for key in row_keys:
-            cell = cells.get((key, col.metric))
-            score = cell.score(col.metric) if cell is not None else None
-            if score is not None:
-                by_group.setdefault((key[1], key[2]), []).append((score, key))
-        for scored in by_group.values():
-            if len(scored) < 2:
-                continue  # a lone entry is not "best" of anything
-            top = max(s for s, _ in scored)
-            best.update((key, col.metric) for s, key in scored if s == top)
-    return Table(task=task, dataset=dataset, rows=row_keys, columns=list(columns.values()), cells=cells,
-                 best=best, metric_names=names)
+    cells: dict[tuple[TableRow, str], Cell] = {}
+    best: set[tuple[TableRow, str]] = set()
+    for rec in group.to_dict("records"):
+        row = TableRow(rec["model"], rec["variant"], rec["input"], rec["settings_key"], rec["settings"],
+                       (rec["model"], dataset) in untrained)
+        cell = Cell.from_stats(rec)
+        col = columns.setdefault(rec["metric"], Column(rec["metric"]))
+        col.unit = col.unit or cell.unit
+        col.direction = col.direction or cell.direction
+        cells[(row, rec["metric"])] = cell
+        if rec["best"]:
+            best.add((row, rec["metric"]))
+    row_keys = sorted({r for r, _ in cells}, key=lambda r: (r.model, r.variant, _order(r.input, INPUT_ORDER),
+                                                             settings_order.index(r.settings_key)))
+    return Table(task=task, dataset=dataset, rows=row_keys, columns=list(columns.values()), cells=cells, best=best)
 
 
 def to_markdown(table: Table) -> str:
     """A GitHub-flavoured Markdown table (no title)."""
-    header = table.index_names() + [c.header("md") for c in table.columns]
-    align = ["---"] * len(table.index_names()) + ["---:"] * len(table.columns)
-    lines = [_md_row(header), _md_row(align)]
-    for key in table.rows:
-        lines.append(_md_row(table.index_values(key) + [table.cell_text(key, c.metric, "md") for c in table.columns]))
+    shown = table.display("md")
+    n_idx = len(table.index_names())
+    align = ["---"] * n_idx + ["---:"] * len(table.columns)
+    lines = [_md_row(list(shown.columns)), _md_row(align)] + [_md_row(list(r)) for r in shown.itertuples(index=False)]
     return "\n".join(lines) + "\n"
 
 
 def _md_row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
+    return "| " + " | ".join(str(c).replace("|", r"\|") for c in cells) + " |"
 
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -369,112 +418,79 @@ def tex_escape(text: str) -> str:
 
 
 def to_latex(table: Table) -> str:
-    """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``)."""
-    n_idx = len(table.index_names())
-    spec = "l" * n_idx + "r" * len(table.columns)
-    head = [tex_escape(n) for n in table.index_names()] + [c.header("tex") for c in table.columns]
-    lines = [
-        r"\begin{table}[ht]",
-        r"\centering",
-        rf"\caption{{{tex_escape(table.title)}: mean $\pm$ std over seeds (n\_ok/n\_total); best in bold.}}",
-        rf"\label{{tab:{table.slug}}}",
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(head) + r" \\",
-        r"\midrule",
-    ]
-    for key in table.rows:
-        idx = [tex_escape(v) for v in table.index_values(key)]
-        vals = []
-        for c in table.columns:
-            cell = table.cells.get((key, c.metric))
-            if cell is None:
-                vals.append("---")
-            else:
-                number, status = cell.parts("tex", best=(key, c.metric) in table.best)
-                vals.append("; ".join(p for p in (number, tex_escape(status)) if p))
-        lines.append(" & ".join(idx + vals) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), by pandas' Styler."""
+    spec = "l" * len(table.index_names()) + "r" * len(table.columns)
+    caption = f"{tex_escape(table.title)}: mean $\\pm$ std over seeds (n\\_ok/n\\_total); best in bold."
+    return table.display("tex").style.hide(axis="index").to_latex(
+        column_format=spec, position="ht", position_float="centering", hrules=True, caption=caption,
+        label=f"tab:{table.slug}")
 
 
 def to_html(table: Table) -> str:
-    """An HTML ``<table>`` (no title)."""
+    """An HTML ``<table>`` (no title); a cell's class says whether every seed gave a value."""
     out = ["<table>", "<thead><tr>"]
     out += [f"<th>{html.escape(n)}</th>" for n in table.index_names()]
     out += [f"<th>{c.header('html')}</th>" for c in table.columns]
     out.append("</tr></thead><tbody>")
-    for key in table.rows:
-        out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in table.index_values(key)))
+    for row in table.rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in table.index_values(row)))
         for c in table.columns:
-            cell = table.cells.get((key, c.metric))
-            if cell is None:
-                out.append('<td class="num">&mdash;</td>')
-                continue
-            cls = "num" if cell.n_ok == cell.n_total else ("num partial" if cell.n_ok else "status")
-            number, status = cell.parts("html", best=(key, c.metric) in table.best)
-            out.append(f'<td class="{cls}">' + "; ".join(p for p in (number, html.escape(status)) if p) + "</td>")
+            cell = table.cells.get((row, c.metric))
+            cls = "num" if cell is None or cell.n_ok == cell.n_total else ("num partial" if cell.n_ok else "status")
+            out.append(f'<td class="{cls}">{table.cell_text(row, c.metric, "html")}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
     return "\n".join(out) + "\n"
 
 
-SUMMARY_FIELDS: tuple[str, ...] = ("task", "dataset", "model", "input", "settings", "metric", "base_metric", "unit",
-                                   "higher_is_better", "mean", "std", "n_ok", "n_total", "statuses", "best", "cell")
+# ----------------------------------------------------------------------------------------------- CSV
+SUMMARY_FIELDS: tuple[str, ...] = ("task", "dataset", "model", "variant", "untrained", "input", "settings",
+                                   "metric", "unit", "direction", "mean", "std", "n_ok", "n_total", "statuses",
+                                   "best", "cell")
 
 
 def _csv_num(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
 
-def summary_records(table: Table) -> list[dict[str, str]]:
-    """One record per cell of ``table`` (long form), in row then column order."""
+def summary_frame(table: Table) -> pd.DataFrame:
+    """One line per cell of ``table`` (long form), in row then column order; columns :data:`SUMMARY_FIELDS`."""
     records = []
-    for key in table.rows:
+    for row in table.rows:
         for c in table.columns:
-            cell = table.cells.get((key, c.metric))
+            cell = table.cells.get((row, c.metric))
             if cell is None:
                 continue
             records.append({
-                "task": table.task, "dataset": table.dataset, "model": key[0], "input": key[1],
-                "settings": key[2], "metric": table.metric_names[(key, c.metric)], "base_metric": c.metric,
-                "unit": cell.unit or c.unit,
-                "higher_is_better": "" if cell.higher_is_better is None else str(cell.higher_is_better).lower(),
-                "mean": _csv_num(cell.mean), "std": _csv_num(cell.std), "n_ok": str(cell.n_ok),
-                "n_total": str(cell.n_total),
+                "task": table.task, "dataset": table.dataset, "model": row.model, "variant": row.variant,
+                "untrained": str(row.untrained).lower(), "input": row.input, "settings": row.settings,
+                "metric": c.metric, "unit": cell.unit or c.unit, "direction": cell.direction or "",
+                "mean": _csv_num(cell.mean), "std": _csv_num(cell.std), "n_ok": cell.n_ok, "n_total": cell.n_total,
                 "statuses": ";".join(f"{s}={k}" for s, k in sorted(cell.statuses.items())),
-                "best": "true" if (key, c.metric) in table.best else "false",
-                "cell": table.cell_text(key, c.metric),
+                "best": "true" if (row, c.metric) in table.best else "false",
+                "cell": table.cell_text(row, c.metric),
             })
-    return records
+    return pd.DataFrame.from_records(records, columns=list(SUMMARY_FIELDS))
 
 
-ROW_FIELDS: tuple[str, ...] = ("run_id", "suite", "model", "family", "task", "dataset", "seed", "metric",
-                               "base_metric", "input", "settings", "variant", "value", "unit", "higher_is_better",
-                               "status", "config_hash", "extra")
+ROW_FIELDS: tuple[str, ...] = ("run_id", "suite", "model", "family", "task", "dataset", "seed", "metric", "input",
+                               "variant", "settings", "value", "unit", "direction", "status", "config_hash", "extra")
 
 
-def row_records(rows: Iterable[Row], record: dict[str, Any] | None = None) -> list[dict[str, str]]:
-    """Every row as a flat record (tidy data): parsed metric parts and the family added, ``extra`` as JSON."""
-    out = []
-    for row in rows:
-        m = MetricName.parse(row.metric)
-        out.append({
-            "run_id": row.run_id, "suite": row.suite, "model": row.model, "family": family_of(row.model, record),
-            "task": row.task, "dataset": row.dataset, "seed": str(row.seed), "metric": row.metric,
-            "base_metric": m.base, "input": m.condition, "settings": m.settings, "variant": m.variant,
-            "value": _csv_num(row.value), "unit": row.unit,
-            "higher_is_better": "" if row.higher_is_better is None else str(row.higher_is_better).lower(),
-            "status": row.status, "config_hash": row.config_hash,
-            "extra": json.dumps(row.extra, sort_keys=True, default=str),
-        })
-    return out
+def rows_frame(rows: Iterable[Row], record: dict[str, Any] | None = None) -> pd.DataFrame:
+    """Every row as a flat record (tidy data), columns :data:`ROW_FIELDS`: the family added, ``settings`` as
+    canonical JSON (empty for none), ``value`` as repr (``nan`` kept, empty for none), ``extra`` as JSON."""
+    df = frame(rows)
+    out = df.copy()
+    out["family"] = [family_of(m, record) for m in df["model"]]
+    out["settings"] = df["settings_key"]
+    out["value"] = [_csv_num(v) if h else "" for v, h in zip(df["value"], df["has_value"], strict=True)]
+    out["direction"] = df["direction"].fillna("")
+    out["extra"] = [json.dumps(e, sort_keys=True, default=str) for e in df["extra"]]
+    return out[list(ROW_FIELDS)]
 
 
-def write_csv(path: Path, fields: Sequence[str], records: Iterable[dict[str, str]]) -> None:
-    """Write records as CSV with a header line (``\\n`` line ends, so files compare byte for byte)."""
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    """Write a frame as CSV with a header line and no index (``\\n`` line ends, so files compare byte for byte)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(fields), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(records)
+    table.to_csv(path, index=False, lineterminator="\n")

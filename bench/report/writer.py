@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,16 +26,14 @@ from typing import Any
 
 from bench.report.html import render_page
 from bench.report.plots import Plot, Skipped, make_plots
-from bench.report.references import REFERENCE_FIELDS, match_references, reference_records
+from bench.report.references import REFERENCE_FIELDS, STATUS_NOTE, match_references, reference_records, references_frame
 from bench.report.tables import (
-    ROW_FIELDS,
-    SUMMARY_FIELDS,
     Store,
     Table,
     build_tables,
     load_store,
-    row_records,
-    summary_records,
+    rows_frame,
+    summary_frame,
     to_latex,
     to_markdown,
     write_csv,
@@ -83,6 +82,17 @@ def _status_summary(store: Store) -> str:
     return ", ".join(f"{s} {counts[s]}" for s in order) or "none"
 
 
+def skipped_lines_text(store: Store) -> str:
+    """One sentence on the lines of results.jsonl that were not read (torn: not JSON; invalid: not a row), or
+    ``""`` when every line was read."""
+    read = store.read
+    if not read.skipped:
+        return ""
+    parts = [f"{n} {what}" for n, what in ((read.torn, "torn (not JSON)"), (read.invalid, "not a row")) if n]
+    return (f"{read.skipped} line(s) of {store.results_path.name} could not be read and are left out: "
+            f"{', '.join(parts)}.")
+
+
 def _run_command_lines(store: Store) -> list[str]:
     """The commands that produced the results, from the run record (absent for hand-made stores): one line per
     session, so a run continued with ``--resume`` shows every command that added rows, in order."""
@@ -111,15 +121,15 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
         f"{len(store.rows)} rows ({_status_summary(store)}) in {len(tables)} tables. {LEGEND}",
         "",
     ]
+    notes = [skipped_lines_text(store), untrained_text(tables)]
+    lines += [n for note in notes if note for n in (note, "")]
     task = None
     for table in tables:
         if table.task != task:
             task = table.task
             lines += [f"## {task}", ""]
         lines += [f"### {table.title}", "", to_markdown(table)]
-    lines += ["## Paper references", "",
-              "The paper's number beside the measured one for the same model family, data set and metric; "
-              "status [to verify] numbers still have to be checked against the paper before they are quoted.", ""]
+    lines += ["## Paper references", "", STATUS_NOTE, ""]
     lines.append("| " + " | ".join(REFERENCE_FIELDS) + " |")
     lines.append("|" + "---|" * len(REFERENCE_FIELDS))
     lines += ["| " + " | ".join(_md_escape(r[f]) for f in REFERENCE_FIELDS) + " |" for r in references]
@@ -144,18 +154,28 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
     return "\n".join(lines)
 
 
-def write_report(results: str | Path, out: str | Path | None = None, command: str | None = None) -> Path:
-    """Write the report of the store at ``results`` into ``out`` (default ``reports/<run dir name>``)."""
-    store = load_store(results)
+def untrained_text(tables: Sequence[Table]) -> str:
+    """The note for models labelled ``(untrained)``, or ``""`` when no table has one."""
+    if not any(r.untrained for t in tables for r in t.rows):
+        return ""
+    return ("(untrained): measured as initialised; every train_steps row of that model on that data set is 0 "
+            "(a suite budget of steps = 0).")
+
+
+def write_report(results: str | Path | Store, out: str | Path | None = None, command: str | None = None) -> Path:
+    """Write the report of the store at ``results`` (a path, or a loaded :class:`Store`) into ``out`` (default
+    ``reports/<run dir name>``)."""
+    store = results if isinstance(results, Store) else load_store(results)
+    results = results.run_dir if isinstance(results, Store) else results
     out_dir = Path(out) if out is not None else Path("reports") / store.name
     if command is None:
         command = f"invbench report {shlex.quote(str(results))} -o {shlex.quote(str(out_dir))}"
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = build_tables(store.rows)
-    write_csv(out_dir / "rows.csv", ROW_FIELDS, row_records(store.rows, store.record))
+    write_csv(out_dir / "rows.csv", rows_frame(store.rows, store.record))
     tex = []
     for table in tables:
-        write_csv(out_dir / "tables" / f"{table.slug}.csv", SUMMARY_FIELDS, summary_records(table))
+        write_csv(out_dir / "tables" / f"{table.slug}.csv", summary_frame(table))
         latex = to_latex(table)
         (out_dir / "tables" / f"{table.slug}.tex").write_text(latex, encoding="utf-8")
         tex.append(latex)
@@ -163,12 +183,13 @@ def write_report(results: str | Path, out: str | Path | None = None, command: st
     (out_dir / "tables" / "tables.tex").write_text("% needs \\usepackage{booktabs}\n" + "\n".join(tex),
                                                    encoding="utf-8")
     references = reference_records(match_references(store.rows, store.record))
-    write_csv(out_dir / "references.csv", REFERENCE_FIELDS, references)
+    write_csv(out_dir / "references.csv", references_frame(references))
     plots, skipped = make_plots(store, out_dir)
     (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped),
                                        encoding="utf-8")
-    page = render_page(f"invbench report: {store.name}", command, LEGEND, flatten_record(store.record), tables,
-                       references, plots, skipped)
+    legend = " ".join(p for p in (LEGEND, skipped_lines_text(store), untrained_text(tables)) if p)
+    page = render_page(f"invbench report: {store.name}", command, legend, flatten_record(store.record), tables,
+                       references, plots, skipped, STATUS_NOTE)
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     return out_dir
 
@@ -176,6 +197,10 @@ def write_report(results: str | Path, out: str | Path | None = None, command: st
 def cli_report(args: argparse.Namespace) -> int:
     """``invbench report``: ``args.results`` (run dir or results.jsonl), ``args.out`` (report folder or None)."""
     argv = ["invbench", "report", str(args.results)] + (["-o", str(args.out)] if args.out else [])
-    out_dir = write_report(args.results, args.out, command=" ".join(shlex.quote(a) for a in argv))
+    store = load_store(args.results)
+    if store.read.skipped:
+        print(f"invbench report: warning: {store.read.skipped} torn or unreadable line(s) of {store.results_path} "
+              "skipped", file=sys.stderr)
+    out_dir = write_report(store, args.out, command=" ".join(shlex.quote(a) for a in argv))
     print(f"report written to {out_dir / 'README.md'} and {out_dir / 'index.html'}")
     return 0

@@ -55,6 +55,7 @@ def upgrade(d: dict[str, Any]) -> dict[str, Any]:
     out.update(metric=base, input=inp or str(extra.get("input", "") or ""), variant="+".join(variants),
                settings=settings, schema=2)
     hib = d.get("higher_is_better")
-    out["direction"] = "zero" if base in ZERO_METRICS else {True: "up", False: "down"}.get(hib)
+    direction = ("up" if hib else "down") if isinstance(hib, bool) else None
+    out["direction"] = "zero" if base in ZERO_METRICS else direction
     out.pop("higher_is_better", None)
     return out
