@@ -14,8 +14,9 @@ Checks (names are the keys of ``InvertibleModel.known_defects``):
   for exact adapters; for estimators, bias and standard deviation over repeated draws, passing when
   ``|bias| <= logdet_tol + 4 * standard error``.
 - ``log_prob``: ``log_prob(x) == N(z; 0, I) + ladj`` (density models).
-- ``gradients``: every trainable parameter gets a finite gradient from the training loss (``-log_prob``, the
-  cross-entropy of ``logits``, or the sum of both for hybrid models), and for density models that are not
+- ``gradients``: every trainable parameter gets a finite gradient from the training loss
+  (:func:`models.loss.training_loss`: the mean NLL, the cross-entropy of ``logits``, or the sum of both for hybrid
+  models), and for density models that are not
   volume-preserving the gradient of ``ladj`` with respect to the parameters agrees with the gradient of the
   exact log-det (cosine >= 0.9 and relative norm error <= 0.25; estimators averaged over draws). A log-det
   that carries no gradient fails here.
@@ -25,6 +26,9 @@ Checks (names are the keys of ``InvertibleModel.known_defects``):
 - ``logits``: classifiers return (B, num_classes).
 - ``encode``: ``encode(x)`` (the latent without the log-det) equals ``forward(x)[0]``.
 - ``inputs_untouched``: ``forward`` leaves the caller's tensor as it was (values and ``requires_grad``).
+- ``settings``: estimator models report :class:`~models.base.EstimatorSettings` and iterative inverses
+  :class:`~models.base.InverseSettings` (the others None); a changed cost knob and iteration cap are reported back
+  and rebuilt by ``config()``.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ import copy
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from models.base import InvertibleModel, standard_normal_log_prob
 from models.jacobian import jacobian_slogdet
+from models.loss import Objective, training_loss
 
 BATCH = 3
 ESTIMATOR_DRAWS = 64
@@ -168,9 +174,10 @@ def check_logdet(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) 
     worst = int(torch.argmax(bias.abs() - 4 * se))
     ok = bool((bias.abs() <= cls.logdet_tol + 4 * se).all())
     settings = model.estimator_settings()
+    shown = f"{settings.method} {settings.knobs()}" if settings is not None else "none reported"
     return ok, (f"bias {_fmt(float(bias[worst]))} ± {_fmt(float(se[worst]))} (s.e.), std {_fmt(float(std.mean()))} "
                 f"over {ESTIMATOR_DRAWS} draws, |exact| {_fmt(float(exact.abs().mean()))}, "
-                f"tol {_fmt(cls.logdet_tol)}; settings {settings}")
+                f"tol {_fmt(cls.logdet_tol)}; estimator {shown}")
 
 
 def check_log_prob(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
@@ -191,14 +198,15 @@ def check_log_prob(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int
 
 
 def _loss(model: InvertibleModel, x: Tensor) -> Tensor:
-    """The training loss: -log_prob for density models, plus cross-entropy of the logits for classifiers."""
-    loss = x.new_zeros(())
-    if model.capabilities.density:
-        loss = loss - model.log_prob(x).mean()
-    if model.capabilities.classifier:
-        labels = torch.arange(x.shape[0]) % (model.num_classes or 2)
-        loss = loss + torch.nn.functional.cross_entropy(model.logits(x), labels)
-    return loss
+    """:func:`models.loss.training_loss` of every objective the model has: the mean NLL (density models) plus the
+    cross-entropy of the logits against cycling labels (classifiers)."""
+    caps = model.capabilities
+    objectives: list[Objective] = []
+    if caps.density:
+        objectives.append("likelihood")
+    if caps.classifier:
+        objectives.append("classification")
+    return torch.stack([training_loss(model, x, objective=o) for o in objectives]).sum()
 
 
 def _param_grads(params: list[torch.nn.Parameter], fn: Callable[[], Tensor]) -> Tensor | None:
@@ -229,7 +237,8 @@ def check_gradients(cls: type[InvertibleModel], shape: tuple[int, ...], seed: in
     caps = cls.capabilities
     if caps.density and not caps.volume_preserving:
         xs = x[:2]
-        exact_grad = _param_grads(params, lambda: _exact_logdet_graph(model, xs).sum())
+        exact_grad = _param_grads(params, lambda: jacobian_slogdet(lambda v: model(v)[0], xs,
+                                                                    create_graph=True).sum())
         draws = 1 if caps.logdet == "exact" else 16
         est: Tensor | None = None
         for i in range(draws):
@@ -251,18 +260,6 @@ def check_gradients(cls: type[InvertibleModel], shape: tuple[int, ...], seed: in
             ok = ok and cos >= 0.9 and rel <= 0.25
             figure.append(f"ladj gradient vs exact log-det gradient: cosine {cos:.4f}, rel err {_fmt(rel)}")
     return ok, "; ".join(figure)
-
-
-def _exact_logdet_graph(model: InvertibleModel, x: Tensor) -> Tensor:
-    """Exact log|det J| per example, differentiable with respect to the parameters. x: (B, *shape) -> (B,)."""
-    out = []
-    for xi in x:
-        def single(v: Tensor, _shape: torch.Size = x.shape[1:]) -> Tensor:
-            return model(v.reshape(1, *_shape))[0].reshape(-1)
-
-        j = torch.autograd.functional.jacobian(single, xi.reshape(-1).detach(), create_graph=True)
-        out.append(torch.linalg.slogdet(j)[1])
-    return torch.stack(out)
 
 
 def check_state_dict(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
@@ -325,6 +322,41 @@ def check_encode(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) 
     return err <= 1e-10, f"max |encode(x) - forward(x)[0]| {_fmt(err)}"
 
 
+def check_settings(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
+    """Estimator models report :class:`EstimatorSettings` and iterative inverses :class:`InverseSettings` (the
+    others None); a changed cost knob / iteration cap is what the model then reports, and ``config()`` rebuilds it."""
+    model = _build(cls, shape, seed, torch.float32)
+    caps = cls.capabilities
+    problems: list[str] = []
+    done: list[str] = []
+    est, inv = model.estimator_settings(), model.inverse_settings()
+    if (caps.logdet == "estimator") != (est is not None):
+        problems.append(f"logdet {caps.logdet!r} but estimator_settings() is {est!r}")
+    if (caps.inverse == "iterative") != (inv is not None):
+        problems.append(f"inverse {caps.inverse!r} but inverse_settings() is {inv!r}")
+    if est is not None and est.cost_knobs():
+        knob = est.cost_knobs()[0]
+        bumped: dict[str, Any] = {knob: int(getattr(est, knob)) + 1}
+        changed = replace(est, **bumped)
+        model.configure_estimator(changed)
+        rebuilt = cls(**model.config()).estimator_settings()
+        if model.estimator_settings() != changed or rebuilt != changed:
+            problems.append(f"configure_estimator({knob}={getattr(changed, knob)}): the model reports "
+                            f"{model.estimator_settings()!r}, its config rebuilds {rebuilt!r}")
+        done.append(f"estimator {est.method} {knob} -> {getattr(changed, knob)}")
+    if inv is not None:
+        capped = replace(inv, max_iter=inv.max_iter + 1)
+        model.configure_inverse(capped)
+        rebuilt_inv = cls(**model.config()).inverse_settings()
+        if model.inverse_settings() != capped or rebuilt_inv != capped:
+            problems.append(f"configure_inverse(max_iter={capped.max_iter}): the model reports "
+                            f"{model.inverse_settings()!r}, its config rebuilds {rebuilt_inv!r}")
+        done.append(f"inverse {inv.solver} max_iter -> {capped.max_iter}")
+    if problems:
+        return False, "; ".join(problems)
+    return True, ("; ".join(done) + ", reported and rebuilt from config") if done else "exact log-det, analytic inverse"
+
+
 def check_inputs_untouched(cls: type[InvertibleModel], shape: tuple[int, ...], seed: int) -> tuple[bool, str]:
     model = _build(cls, shape, seed, torch.float32).eval()
     x = _inputs(shape, BATCH, seed)
@@ -350,6 +382,7 @@ CHECKS: dict[str, Callable[[type[InvertibleModel], tuple[int, ...], int], tuple[
     "logits": check_logits,
     "encode": check_encode,
     "inputs_untouched": check_inputs_untouched,
+    "settings": check_settings,
 }
 
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from task_helpers import SeriesResidual
 from torch import Tensor, nn
 
 from models import registry
-from models.base import Capabilities, InvertibleModel
+from models.base import Capabilities, EstimatorSettings, InvertibleModel
 from models.template import LinearFlow
 from models.testing import format_report, validate
 
@@ -90,3 +91,19 @@ class _NoisyInverse(InvertibleModel):
 def test_roundtrip_check_fails_on_a_wrong_inverse() -> None:
     (r,) = validate(_NoisyInverse, shape=(4,), checks=["roundtrip"])
     assert not r.passed and "max err 1.00e-03" in r.figure
+
+
+def test_settings_check_fails_without_settings_or_when_config_drops_them() -> None:
+    (r,) = validate(_NoisyInverse, shape=(4,), checks=["settings"])  # iterative, but no inverse_settings()
+    assert not r.passed and "inverse_settings() is None" in r.figure
+
+    class Forgetful(SeriesResidual):
+        """Configures its estimator but leaves config() as built."""
+
+        def configure_estimator(self, settings: EstimatorSettings) -> None:
+            self.terms, self.probes = settings.terms, settings.probes
+
+    (r,) = validate(Forgetful, shape=(4,), checks=["settings"])
+    assert not r.passed and "config rebuilds" in r.figure
+    (ok,) = validate(SeriesResidual, shape=(4,), checks=["settings"])
+    assert ok.passed and "terms -> 6" in ok.figure and "max_iter -> 501" in ok.figure, ok.figure
