@@ -27,18 +27,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from bench.datasets.base import DatasetInfo
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.measure import EstimatorChange, estimator_settings, eval_inputs, measured_model, options_of
 from bench.timing import time_ratio
 from models.base import Capabilities, EstimatorSettings, InvertibleModel
 from models.loss import Objective
+
+if TYPE_CHECKING:
+    from bench.datasets.base import DatasetInfo
 
 #: the values each cost knob takes in the default grid
 GRID: dict[str, tuple[int, ...]] = {"terms": (1, 2, 5, 10, 20), "exact_terms": (0, 1, 2, 5, 10), "probes": (1, 4, 16)}
