@@ -265,6 +265,8 @@ def suite_error(stability: dict[str, Any]) -> str:
     ({"kinds": ["test", "test"]}, ["kinds", "at most once"]),
     ({"ood_dataset": "monns"}, ["ood_dataset", "'monns'", "did you mean moons"]),
     ({"ood_dataset": {"n_test": 5}}, ["ood_dataset", "name"]),
+    ({"ood_dataset": {"name": "moons", "n_tset": 5}}, ["ood_dataset", "'n_tset'", "did you mean n_test"]),
+    ({"ood_dataset": f"{THIS}:no_such_loader"}, ["ood_dataset", "no_such_loader"]),
     ({"regularizer_models": ["glow-freai"]}, ["regularizer_models", "did you mean glow-freia"]),
     ({"points": 0}, ["points", "must be >= 1"]),
     ({"grad": "none"}, ["grad", "auto, grad, no_grad"]),

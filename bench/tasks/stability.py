@@ -46,7 +46,7 @@ from torch import Tensor
 
 from bench.datasets.base import Dataset
 from bench.lipschitz import local_lipschitz
-from bench.options import Options, near, opt
+from bench.options import OptionError, Options, near, opt
 from bench.regularizers import FDRegularizer, RegularizerOptions
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.measure import GradOption, eval_inputs, measured_model, options_of, reconstruction, resolve_grad_mode
@@ -77,20 +77,28 @@ STABILITY_SPECS: tuple[MetricSpec, ...] = (LIP_FORWARD, LIP_INVERSE, CONDITION, 
                                            NONFINITE_FRAC, MEMGRAD_REL_ERR)
 
 
-def _is_file(name: str) -> bool:
-    return name.endswith((".npz", ".npy")) or "/" in name or "\\" in name
+def _split_ood(option: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(name, loader options)`` of the ``ood_dataset`` option."""
+    if isinstance(option, str):
+        return option, {}
+    table = dict(option)
+    name = table.pop("name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"ood_dataset: a table needs name = \"<data set>\", got {option!r}")
+    return name, table
 
 
-def _check_dataset_name(name: str) -> None:
-    """A registered data set, a ``module:function`` target or a file path; else ValueError with near matches."""
-    from bench.datasets import names
-    from bench.suite import is_target
+def _check_ood(option: str | dict[str, Any]) -> None:
+    """The data set's name and loader options (:func:`bench.datasets.parse_options`); ValueError, one line."""
+    from bench.datasets import parse_options
 
-    known = names()
-    if name in known or is_target(name) or _is_file(name):
-        return
-    raise ValueError(f"ood_dataset: unknown data set {name!r}{near(name, known)} (or a .npz/.npy path or "
-                     f"module:function)")
+    name, table = _split_ood(option)
+    try:
+        parse_options(name, table, "ood_dataset")
+    except OptionError as exc:
+        raise ValueError(str(exc)) from exc
+    except (KeyError, ImportError, AttributeError) as exc:
+        raise ValueError(f"ood_dataset: {exc}") from exc
 
 
 def _check_model_names(models: tuple[str, ...]) -> None:
@@ -127,8 +135,8 @@ class StabilityOptions(Options):
     objective: Objective | None = field(default=None, metadata=opt(
         "the objective the measured model is trained for (none: likelihood for density models)"))
     regularizer: RegularizerOptions | None = field(default=None, metadata=opt(
-        "train a second model with the finite-difference regulariser {eps, weight, every} ({}: the authors' "
-        "settings) and report its metrics with variant reg"))
+        "train a second model with the finite-difference regulariser, a table {eps, weight, every} ({} takes the "
+        "authors' eps = 0.1, weight = 1e-4, every = 10), and report its metrics again with variant reg"))
     regularizer_models: tuple[str, ...] | None = field(default=None, metadata=opt(
         "models that get the regularised twin (none: every model)"))
 
@@ -137,13 +145,8 @@ class StabilityOptions(Options):
             raise ValueError(f"kinds: each kind at most once, got {list(self.kinds)}")
         if not self.kinds and self.ood_dataset is None:
             raise ValueError("kinds is empty and there is no ood_dataset: nothing to measure")
-        if isinstance(self.ood_dataset, dict):
-            name = self.ood_dataset.get("name")
-            if not isinstance(name, str):
-                raise ValueError(f"ood_dataset: a table needs name = \"<data set>\", got {self.ood_dataset!r}")
-            _check_dataset_name(name)
-        elif isinstance(self.ood_dataset, str):
-            _check_dataset_name(self.ood_dataset)
+        if self.ood_dataset is not None:
+            _check_ood(self.ood_dataset)
         if self.regularizer is not None and self.objective == "classification":
             raise ValueError("regularizer: the finite-difference regulariser applies to the likelihood objective "
                              "only, and objective is classification")
@@ -170,19 +173,13 @@ def ood_inputs(x: Tensor, kind: str, scale: float = 2.0, seed: int = 0) -> Tenso
 
 
 def load_ood(option: str | dict[str, Any], ctx: TaskContext) -> Dataset:
-    """The ``ood_dataset`` option's data set (a registry name, a file path or ``module:function``, with loader
-    options from a table), checked to have the shape of the model's data."""
-    from bench.suite import import_target, is_target
+    """The ``ood_dataset`` option's data set (a registry name, a ``.npz`` / ``.npy`` path or a ``module:function``
+    plug-in, with loader options from a table; :func:`bench.datasets.load_table`), checked to have the shape of
+    the model's data."""
+    from bench.datasets import load_table
 
-    kwargs: dict[str, Any] = dict(option) if isinstance(option, dict) else {"name": option}
-    name = str(kwargs.pop("name"))
-    kwargs.setdefault("seed", ctx.seed)
-    if is_target(name):
-        data: Dataset = import_target(name)(**kwargs)
-    else:
-        from bench.datasets import load
-
-        data = load(name, **kwargs)
+    name, table = _split_ood(option)
+    data = load_table(name, table, seed=ctx.seed)
     if tuple(data.shape) != tuple(ctx.dataset.shape):
         raise ValueError(f"ood_dataset {data.name!r} has shape {data.shape}, the model's data {ctx.dataset.shape}")
     return data
