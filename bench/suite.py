@@ -36,7 +36,6 @@ tasks, data and models without editing this repository. The module must be impor
 from __future__ import annotations
 
 import difflib
-import importlib
 import importlib.resources
 import math
 import re
@@ -47,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.tasks.base import Budget
+from models.registry import import_target, is_target
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
@@ -60,25 +60,10 @@ SLURM_FIELDS: tuple[str, ...] = (
     "cluster", "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
     "timeout_min", "array_parallelism", "additional_parameters", "poll_seconds",
 )
-_TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
 class SuiteError(ValueError):
     """A suite that cannot run; the message is one line naming the file and the field."""
-
-
-def is_target(name: str) -> bool:
-    """Whether ``name`` is a ``"module:attribute"`` import string (not a registry name, not a path)."""
-    return bool(_TARGET.match(name))
-
-
-def import_target(target: str) -> Any:
-    """Import ``"module:attr"`` (``attr`` may be dotted)."""
-    module_name, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 @dataclass
@@ -348,11 +333,9 @@ class Known:
             return task_names()
 
         def datasets() -> list[str]:
-            try:
-                from bench.datasets import names
-            except ImportError as exc:
-                raise SuiteError(f"cannot list the data sets (bench.datasets.names): {exc}") from exc
-            return list(names())
+            from bench.datasets import names
+
+            return names()
 
         return cls(models, tasks, datasets)
 
@@ -424,13 +407,31 @@ def _check_task_options(c: _Ctx, task: str, options: dict[str, Any]) -> None:
         raise c.fail("", str(exc)) from exc
 
 
-def _check_dataset(c: _Ctx, path: str, name: str, known: Callable[[], Sequence[str]]) -> None:
+def _check_dataset(c: _Ctx, path: str, name: str, known: Callable[[], Sequence[str]],
+                   options: dict[str, Any] | None = None) -> None:
+    """A data set (a registered name, a ``"module:attr"`` plug-in or a path to a ``.npz`` / ``.npy`` file) and its
+    loader options (``options``: the data set's table less ``budget``, ``models``, ``tasks``).
+
+    No file is opened here: the runner reads every data set's metadata (``bench.datasets.info``) before any
+    compute, and a missing one stops the run there.
+    """
+    from bench import datasets
+    from bench.options import OptionError
+
     if is_target(name):
-        _check_target(c, path, name, "data set", callable, "a callable returning a Dataset")
-        return
-    names = known()
-    if name not in names:
-        raise c.fail(path, f"unknown data set {name!r}{_near(name, names)}")
+        _check_target(c, path, name, "data set", datasets.is_loader,
+                      "a bench.datasets.DatasetSource or a function returning a Dataset")
+    elif not datasets.is_path(name):
+        names = known()
+        if name not in names:
+            raise c.fail(path, f"unknown data set {name!r}{_near(name, names)} "
+                               "(or a path to a .npz/.npy file, or 'module:function')")
+        if name not in datasets.registry:
+            return  # a name a caller's Known lists without a source here: nothing to check its options against
+    try:
+        datasets.parse_options(name, options or {}, f"datasets.{_key(name)}")
+    except OptionError as exc:
+        raise c.fail("", str(exc)) from exc
 
 
 def validate_names(suite: Suite, known: Known | None = None, where: str | None = None) -> Suite:
@@ -459,7 +460,7 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
         _check_task(c, f"tasks[{i}]", t, task_names_)
         _check_task_options(c, t, suite.options_for(t))
     for i, d in enumerate(suite.datasets):
-        _check_dataset(c, f"datasets[{i}]", d.name, known.datasets)
+        _check_dataset(c, f"datasets[{i}]", d.name, known.datasets, d.options)
         for j, t in enumerate(d.tasks or []):
             if t not in suite.tasks:
                 raise c.fail(f"datasets.{_key(d.name)}.tasks[{j}]",

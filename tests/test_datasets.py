@@ -421,3 +421,158 @@ def test_datasets_pickle(tmp_path: Path) -> None:
     lg = load("digits", n_train=5, n_test=5, preprocess="logit")
     assert pickle.loads(pickle.dumps(lg)).preprocess == lg.preprocess
     assert datasets.names() == names()
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+
+
+@pytest.mark.parametrize("name", [*TOY, "digits", "digits-flat"])
+def test_info_matches_the_loaded_data(name: str) -> None:
+    assert datasets.info(name, {"n_train": 20, "n_test": 10}) == load(name, n_train=20, n_test=10).info
+
+
+def test_info_of_file_data_reads_headers_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IDX, CIFAR-10 and digits metadata agree with the loaded data and are known without reading the arrays."""
+    from bench.datasets import digits
+
+    _fake_mnist(tmp_path / "m", gz=True)
+    _fake_cifar(tmp_path / "c" / "cifar-10-batches-py")
+    loaded = {"fashion-mnist": load("fashion-mnist", root=str(tmp_path / "m")).info,
+              "cifar10": load("cifar10", root=str(tmp_path / "c")).info, "digits": load("digits").info}
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("info() read the arrays")
+
+    monkeypatch.setattr(idx, "read_idx", no_reading)
+    monkeypatch.setattr(cifar, "read_batch", no_reading)
+    monkeypatch.setattr(digits, "_raw", no_reading)
+    assert datasets.info("fashion-mnist", {"root": str(tmp_path / "m")}) == loaded["fashion-mnist"]
+    assert datasets.info("cifar10", root=str(tmp_path / "c")) == loaded["cifar10"]
+    assert datasets.info("digits") == loaded["digits"] == datasets.DatasetInfo("digits", "image", (1, 8, 8), 10, 17)
+    with pytest.raises(ValueError, match="digits: n_train=2000 is out of range: the split holds 1438"):
+        datasets.info("digits", {"n_train": 2000})
+    with pytest.raises(ValueError, match="n_test=6 is out of range: the split holds 5"):
+        datasets.info("fashion-mnist", {"root": str(tmp_path / "m"), "n_test": 6})
+
+
+def test_info_of_missing_files_names_where_it_looked(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=f"looked in: {tmp_path / 'nowhere'}"):
+        datasets.info("mnist", {"root": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match=f"no such data file: {tmp_path / 'x.npz'}$"):
+        datasets.info(str(tmp_path / "x.npz"))
+
+
+def test_info_of_user_arrays_reads_headers_not_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    np.savez_compressed(tmp_path / "img.npz", x_train=rng.random((30, 3, 4, 5)), x_test=rng.random((10, 3, 4, 5)))
+    np.save(tmp_path / "v.npy", rng.random((50, 6)).astype(np.float32))
+    expected = {p: load(str(tmp_path / p)).info for p in ("img.npz", "v.npy")}
+
+    def no_reading(*args: object, **kwargs: object) -> None:
+        raise AssertionError("info() read the arrays")
+
+    monkeypatch.setattr(np, "load", no_reading)
+    assert datasets.info(str(tmp_path / "img.npz")) == expected["img.npz"]
+    assert expected["img.npz"] == datasets.DatasetInfo("img.npz", "image", (3, 4, 5), None, None)
+    assert datasets.info(str(tmp_path / "v.npy")) == expected["v.npy"]
+    assert expected["v.npy"] == datasets.DatasetInfo("v.npy", "vector", (6,), None, None)
+
+
+def test_info_of_labelled_levelled_npz_matches_the_load(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / "lab.npz")
+    np.savez(path, x_train=rng.integers(0, 4, (20, 7, 7), dtype=np.uint8), x_test=np.zeros((5, 7, 7), np.uint8),
+             y_train=np.arange(20) % 3, y_test=np.array([0, 1, 5, 1, 0]), levels=4)
+    assert datasets.info(path) == load(path).info == datasets.DatasetInfo("lab.npz", "image", (1, 7, 7), 6, 4)
+
+
+# ----------------------------------------------------------------------------------------------- user arrays: rules
+
+
+def test_integer_arrays_need_levels_and_the_error_says_how(tmp_path: Path) -> None:
+    path = tmp_path / "u8.npz"
+    x = np.random.default_rng(0).integers(0, 256, (12, 1, 4, 4), dtype=np.uint8)
+    np.savez(path, x_train=x, x_test=x[:4])
+    for call in (lambda: load(str(path)), lambda: datasets.info(str(path))):
+        with pytest.raises(ValueError) as info:
+            call()
+        msg = str(info.value)
+        assert msg.startswith(f"{path}: x_train holds integers (uint8)") and "\n" not in msg
+        assert "`levels = 256` in the data set's table" in msg and "a `levels` key in the .npz" in msg
+    ds = load(str(path), levels=256)
+    assert ds.levels == 256 and torch.equal(ds.train_x, torch.from_numpy(x).float() / 256)
+    np.save(tmp_path / "i.npy", np.arange(20).reshape(10, 2))
+    with pytest.raises(ValueError, match=r"i.npy: the array holds integers \(int64\).*`levels = L`"):
+        load(str(tmp_path / "i.npy"))
+    assert load(str(tmp_path / "i.npy"), levels=20).levels == 20
+
+
+def test_levels_from_the_file_and_the_options_must_agree(tmp_path: Path) -> None:
+    path = tmp_path / "l.npz"
+    np.savez(path, x_train=np.zeros((4, 2), np.uint8), x_test=np.zeros((2, 2), np.uint8), levels=16)
+    assert load(str(path), levels=16).levels == 16
+    with pytest.raises(ValueError, match=f"{path}: the file's 'levels' key says 16, the data set's options say 17"):
+        load(str(path), levels=17)
+
+
+def test_every_user_file_error_names_the_file(tmp_path: Path) -> None:
+    bad: dict[str, str] = {}
+    np.savez(tmp_path / "empty.npz")
+    bad["empty.npz"] = "the archive holds no arrays"
+    (tmp_path / "zero.npz").write_bytes(b"")
+    bad["zero.npz"] = "the file is empty"
+    (tmp_path / "text.npz").write_text("not a zip")
+    bad["text.npz"] = "cannot read it as a .npz file"
+    np.savez(tmp_path / "keys.npz", x_train=np.ones((3, 2)), x_tset=np.ones((3, 2)))
+    bad["keys.npz"] = r"missing key\(s\) \['x_test'\]"
+    np.savez(tmp_path / "rank.npz", x_train=np.ones((3, 2, 2, 2, 2)), x_test=np.ones((3, 2, 2, 2, 2)))
+    bad["rank.npz"] = r"x_train must be \(N, D\), \(N, H, W\) or \(N, C, H, W\)"
+    np.savez(tmp_path / "differ.npz", x_train=np.ones((3, 2)), x_test=np.ones((3, 5)))
+    bad["differ.npz"] = "x_train and x_test examples differ in shape"
+    np.savez(tmp_path / "ylen.npz", x_train=np.ones((3, 2)), x_test=np.ones((2, 2)), y_train=np.zeros(3, int),
+             y_test=np.zeros(3, int))
+    bad["ylen.npz"] = r"y_test must have shape \(2,\)"
+    np.savez(tmp_path / "yone.npz", x_train=np.ones((3, 2)), x_test=np.ones((2, 2)), y_train=np.zeros(3, int))
+    bad["yone.npz"] = "give labels for both splits"
+    np.savez(tmp_path / "range.npz", x_train=np.full((3, 2), 9, np.uint8), x_test=np.ones((2, 2), np.uint8), levels=4)
+    bad["range.npz"] = r"discrete values must lie in \[0, 4\)"
+    np.save(tmp_path / "one.npy", np.ones(5))
+    bad["one.npy"] = "a .npy data set must be an array"
+    (tmp_path / "x.csv").write_text("1,2")
+    bad["x.csv"] = "a data file must be .npz"
+    for name, pattern in bad.items():
+        with pytest.raises(ValueError, match=f"^{tmp_path / name}: {pattern}"):
+            load(str(tmp_path / name))
+    with pytest.raises(FileNotFoundError, match=f"no such data file: {tmp_path / 'gone.npz'}"):
+        load(str(tmp_path / "gone.npz"))
+
+
+def test_relative_paths_resolve_against_the_current_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    (tmp_path / "sub").mkdir()
+    np.savez(tmp_path / "sub" / "r.npz", x_train=np.ones((4, 3)), x_test=np.zeros((2, 3)))
+    monkeypatch.chdir(tmp_path / "sub")
+    for name in ("r.npz", "./r.npz", "../sub/r.npz"):
+        assert datasets.is_path(name) and load(name).shape == (3,)
+    with pytest.raises(FileNotFoundError) as info:
+        load("nope.npz")
+    assert str(info.value) == (f"no such data file: {tmp_path / 'sub' / 'nope.npz'} (relative paths are resolved "
+                               f"against the current directory {tmp_path / 'sub'})")
+
+
+def test_loader_options_are_typed_and_checked(tmp_path: Path) -> None:
+    np.savez(tmp_path / "o.npz", x_train=np.ones((4, 3)), x_test=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"unknown option 'level'; did you mean levels\?"):
+        load(str(tmp_path / "o.npz"), level=256)
+    with pytest.raises(ValueError, match=r"levels: must be >= 2, got 1"):
+        load(str(tmp_path / "o.npz"), levels=1)
+    with pytest.raises(ValueError, match="alpha only applies with preprocess = 'logit'"):
+        load("digits", alpha=0.1)
+    with pytest.raises(ValueError, match=r"n_train: expected an integer, got string '10'"):
+        load("moons", n_train="10")
+    with pytest.raises(ValueError, match=r"noise: must be > 0 for moons"):
+        datasets.parse_options("moons", {"noise": 0.0})
+    assert datasets.parse_options("checkerboard", {"noise": 0}).noise == 0.0
+    a, b = load("moons", n_train=10, n_test=5, seed=1), load("moons", n_train=10, n_test=5, seed=2)
+    c = datasets.load_table("moons", {"n_train": 10, "n_test": 5, "seed": 1}, seed=2)
+    assert not torch.equal(a.train_x, b.train_x) and torch.equal(a.train_x, c.train_x)  # a table's seed wins

@@ -150,7 +150,7 @@ def test_setup_problems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
         run_inprocess(tmp_path / "b.toml", tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
-    monkeypatch.setitem(registry._extra, "broken-model", "no_such_module_xyz:Model")
+    monkeypatch.setitem(registry.models._registered, "broken-model", "no_such_module_xyz:Model")
     suite = write_suite(tmp_path / "m.toml", f'"{ECHO}" = {{}}', seeds=1,
                         models=f'models = ["broken-model", "{MODEL}"]')
     run_inprocess(suite, tmp_path / "run2")

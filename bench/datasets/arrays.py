@@ -8,24 +8,33 @@ The helpers here are used by every file-backed loader (digits, IDX, CIFAR-10):
 - :func:`search_dirs` lists the folders a loader looks in, in order (explicit root, environment variables,
   conventional sub-folders, system folders), so the "not found" error can name every one of them.
 
-A user's own data set is ``load("path/to/file.npz")`` with keys ``x_train``, ``x_test`` and optionally
-``y_train``, ``y_test``, ``levels``; or ``load("path/to/file.npy")``, one array split 80/20 by a fixed seed.
-Example arrays are ``(N, D)`` (vectors), ``(N, C, H, W)`` (images) or ``(N, H, W)`` (images, one channel
-added). With ``levels = L`` the arrays hold integers ``k`` in ``[0, L)``; without, they are continuous values
-used as they are.
+A user's own data set (:class:`ArraySource`) is ``load("path/to/file.npz")`` with keys ``x_train``, ``x_test``
+and optionally ``y_train``, ``y_test``, ``levels``; or ``load("path/to/file.npy")``, one array split 80/20 by a
+fixed seed. Relative paths are resolved against the current directory. Example arrays are ``(N, D)`` (vectors),
+``(N, C, H, W)`` (images) or ``(N, H, W)`` (images, one channel added). With ``levels = L`` (the option, e.g.
+``levels = 256`` in a suite's ``[datasets."x.npz"]`` table, or the ``levels`` key of the ``.npz``) the arrays hold
+integers ``k`` in ``[0, L)``; without, they are continuous values used as they are, and integer arrays are an
+error (integer images read as continuous values would give meaningless likelihoods). :func:`file_info` reads
+the metadata from the array headers (and the small label and ``levels`` arrays) without reading the inputs;
+every error names the file.
 """
 
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
+from bench.datasets.source import DatasetSource, LoaderOptions, check_sizes
+from bench.options import opt
 
 #: seed of every fixed split and subset: the same examples for every run seed, so seeds vary only the model
 SPLIT_SEED = 0
@@ -165,43 +174,195 @@ def from_arrays(
     )
 
 
-def load_file(path: str, n_train: int | None = None, n_test: int | None = None) -> Dataset:
-    """A user's ``.npz`` (keys ``x_train``, ``x_test``; optional ``y_train``, ``y_test``, ``levels``) or
-    ``.npy`` (one array ``(N, ...)``, split 80/20 by the fixed seed ``SPLIT_SEED``) as a :class:`Dataset`."""
-    p = Path(path).expanduser()
+@dataclass(frozen=True)
+class ArrayOptions(LoaderOptions):
+    """Options of a user's ``.npz`` / ``.npy`` file."""
+
+    levels: int | None = field(default=None, metadata=opt(
+        "discrete levels L: the arrays hold integers k in [0, L) (an .npz may store a 'levels' key instead)", min=2))
+
+
+_NPZ_KEYS = ("x_train", "x_test", "y_train", "y_test", "levels")
+_EXPECTED = "expected x_train, x_test and optionally y_train, y_test, levels"
+
+
+def _data_file(path: str) -> Path:
+    """The file ``path`` names (absolute); FileNotFoundError naming where it was looked for."""
+    given = Path(path).expanduser()
+    p = given.absolute()
     if not p.is_file():
-        raise FileNotFoundError(f"no such data file: {p}")
-    name = p.name
-    if p.suffix == ".npy":
-        x = np.load(p, allow_pickle=False)
-        if x.ndim < 2 or len(x) < 2:
-            raise ValueError(f"{p}: a .npy data set must be an array (N, ...) with N >= 2, got shape {x.shape}")
-        perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-        n_te = max(1, round(0.2 * len(x)))
-        tr_idx, te_idx = np.sort(perm[n_te:]), np.sort(perm[:n_te])
-        desc = f"{p}: one array split 80/20 (fixed seed {SPLIT_SEED}); continuous values used as they are."
-        return from_arrays(name, x[tr_idx], x[te_idx], n_train=n_train, n_test=n_test, description=desc,
-                           meta={"source": str(p), "train_index": tr_idx.tolist(), "test_index": te_idx.tolist()})
-    if p.suffix != ".npz":
+        how = "" if given.is_absolute() else (
+            f" (relative paths are resolved against the current directory {Path.cwd()})")
+        raise FileNotFoundError(f"no such data file: {p}{how}")
+    if p.suffix not in (".npz", ".npy"):
         raise ValueError(f"{p}: a data file must be .npz (x_train, x_test, ...) or .npy (one array)")
+    return p
+
+
+def _array_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read(fh)
+    return tuple(int(n) for n in shape), np.dtype(dtype)
+
+
+def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Key -> ``(shape, dtype)`` of every array in a ``.npz`` (keys as ``np.savez`` names them), or ``{"x": ...}``
+    for a ``.npy``."""
+    if p.stat().st_size == 0:
+        raise ValueError(f"{p}: the file is empty (0 bytes)")
+    try:
+        if p.suffix == ".npy":
+            with open(p, "rb") as fh:
+                return {"x": _array_header(fh)}
+        out = {}
+        with zipfile.ZipFile(p) as zf:
+            for member in zf.namelist():
+                with zf.open(member) as fh:
+                    out[member.removesuffix(".npy")] = _array_header(fh)
+        return out
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{p}: cannot read it as a {p.suffix} file: {exc}") from exc
+
+
+def _small_arrays(p: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a ``.npz`` (labels, levels: small next to the inputs, which are not read)."""
+    if not keys:
+        return {}
     with np.load(p, allow_pickle=False) as z:
-        keys = set(z.files)
-        missing = {"x_train", "x_test"} - keys
+        return {k: np.asarray(z[k]) for k in keys}
+
+
+def _levels_hint(p: Path, name: str, what: str, dtype: np.dtype) -> str:
+    """The error for integer inputs without levels: how to declare them (``name``: the path as the user wrote it)."""
+    levels = 2 if dtype == np.bool_ else 256 if dtype.itemsize == 1 else None
+    shown = str(levels) if levels else "L"
+    where = f'`levels = {shown}` in the data set\'s table of a suite ([datasets."{name}"])'
+    store = f"a `levels` key in the .npz (np.savez(..., levels={shown}))" if p.suffix == ".npz" else \
+        "store the array in a .npz with a `levels` key"
+    return (f"{p}: {what} holds integers ({dtype}) but no levels are declared, so they would be read as "
+            f"continuous values; declare the number of discrete levels with {where} or {store}; "
+            "for continuous data store floats")
+
+
+def file_info(path: str, options: ArrayOptions | None = None) -> tuple[DatasetInfo, tuple[int, int]]:
+    """``(metadata, (train size, test size))`` of a user's file, from its headers; every error names the file."""
+    options = options or ArrayOptions()
+    p = _data_file(path)
+    heads = _headers(p)
+    file_levels: int | None = None
+    labels: dict[str, np.ndarray] = {}
+    if p.suffix == ".npy":
+        shape, dtype = heads["x"]
+        if len(shape) < 2 or shape[0] < 2:
+            raise ValueError(f"{p}: a .npy data set must be an array (N, ...) with N >= 2, got shape {shape}")
+        n_test = max(1, round(0.2 * shape[0]))
+        xs = {"x": (shape, dtype)}
+        sizes = (shape[0] - n_test, n_test)
+    else:
+        if not heads:
+            raise ValueError(f"{p}: the archive holds no arrays; {_EXPECTED}")
+        missing = sorted({"x_train", "x_test"} - set(heads))
         if missing:
-            raise ValueError(f"{p}: missing key(s) {sorted(missing)}; found {sorted(keys)}; "
-                             "expected x_train, x_test and optionally y_train, y_test, levels")
-        unknown = keys - {"x_train", "x_test", "y_train", "y_test", "levels"}
+            raise ValueError(f"{p}: missing key(s) {missing}; found {sorted(heads)}; {_EXPECTED}")
+        unknown = sorted(set(heads) - set(_NPZ_KEYS))
         if unknown:
-            raise ValueError(f"{p}: unexpected key(s) {sorted(unknown)}; "
-                             "expected x_train, x_test and optionally y_train, y_test, levels")
-        levels_arr = z["levels"] if "levels" in keys else None
-        levels = None
-        if levels_arr is not None:
-            if levels_arr.size != 1:
-                raise ValueError(f"{p}: 'levels' must be a scalar, got shape {levels_arr.shape}")
-            levels = int(levels_arr.reshape(()))
-        arrays = {k: z[k] for k in ("x_train", "x_test", "y_train", "y_test") if k in keys}
-    desc = (f"{p}: user arrays; " + (f"{levels} discrete levels stored as k/{levels}, dequantised x = (k + u)/{levels}"
-                                     if levels else "continuous values used as they are") + ".")
-    return from_arrays(name, arrays["x_train"], arrays["x_test"], arrays.get("y_train"), arrays.get("y_test"),
-                       levels=levels, n_train=n_train, n_test=n_test, description=desc, meta={"source": str(p)})
+            raise ValueError(f"{p}: unexpected key(s) {unknown}; {_EXPECTED}")
+        xs = {k: heads[k] for k in ("x_train", "x_test")}
+        sizes = (xs["x_train"][0][0] if xs["x_train"][0] else 0, xs["x_test"][0][0] if xs["x_test"][0] else 0)
+        small = _small_arrays(p, [k for k in ("y_train", "y_test", "levels") if k in heads])
+        if "levels" in small:
+            lv = small.pop("levels")
+            if lv.size != 1 or not np.issubdtype(lv.dtype, np.number) or lv.reshape(()) != int(lv.reshape(())):
+                raise ValueError(f"{p}: 'levels' must be one integer, got {lv!r}")
+            file_levels = int(lv.reshape(()))
+        labels = small
+    levels = options.levels
+    if file_levels is not None:
+        if levels is not None and levels != file_levels:
+            raise ValueError(f"{p}: the file's 'levels' key says {file_levels}, the data set's options say {levels}")
+        if file_levels < 2:
+            raise ValueError(f"{p}: 'levels' must be an integer >= 2, got {file_levels}")
+        levels = file_levels
+    kinds = set()
+    examples = set()
+    for key, (shape, dtype) in xs.items():
+        what = "the array" if key == "x" else key
+        if dtype.hasobject or not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
+            raise ValueError(f"{p}: {what} must hold numbers, got dtype {dtype}")
+        if levels is None and (np.issubdtype(dtype, np.integer) or dtype == np.bool_):
+            raise ValueError(_levels_hint(p, path, what, dtype))
+        if len(shape) not in (2, 3, 4):
+            raise ValueError(f"{p}: {what} must be (N, D), (N, H, W) or (N, C, H, W), got shape {shape}")
+        kinds.add("vector" if len(shape) == 2 else "image")
+        examples.add(shape[1:] if len(shape) != 3 else (1, *shape[1:]))
+    if len(examples) != 1:
+        raise ValueError(f"{p}: x_train and x_test examples differ in shape: "
+                         f"{xs['x_train'][0][1:]} vs {xs['x_test'][0][1:]}")
+    num_classes = _num_classes(p, labels, sizes)
+    check_sizes(str(p), options, *sizes)
+    return DatasetInfo(p.name, kinds.pop(), examples.pop(), num_classes, levels), sizes
+
+
+def _num_classes(p: Path, labels: dict[str, np.ndarray], sizes: tuple[int, int]) -> int | None:
+    """``1 + max label`` over both splits after checking the labels' shapes and values; None without labels."""
+    if not labels:
+        return None
+    if len(labels) == 1:
+        raise ValueError(f"{p}: give labels for both splits (y_train and y_test) or for neither; "
+                         f"found only {next(iter(labels))}")
+    top = 0
+    for (key, y), n in zip(sorted(labels.items(), key=lambda kv: kv[0] != "y_train"), sizes, strict=True):
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"{p}: {key} must have shape ({n},) to match its inputs, got {y.shape}")
+        if y.size and (not np.issubdtype(y.dtype, np.number) or not np.all(y == np.round(y)) or y.min() < 0):
+            raise ValueError(f"{p}: {key} must hold non-negative integer class labels")
+        top = max(top, int(y.max()) if y.size else 0)
+    return top + 1
+
+
+def load_file(path: str, n_train: int | None = None, n_test: int | None = None,
+              levels: int | None = None) -> Dataset:
+    """A user's ``.npz`` (keys ``x_train``, ``x_test``; optional ``y_train``, ``y_test``, ``levels``) or
+    ``.npy`` (one array ``(N, ...)``, split 80/20 by the fixed seed ``SPLIT_SEED``) as a :class:`Dataset`.
+
+    ``levels`` declares integer data (as the ``levels`` key does). The headers are checked first
+    (:func:`file_info`), so every error names the file.
+    """
+    info, _ = file_info(path, ArrayOptions(n_train=n_train, n_test=n_test, levels=levels))
+    p = _data_file(path)
+    kind = (f"{info.levels} discrete levels stored as k/{info.levels}, dequantised x = (k + u)/{info.levels}"
+            if info.levels else "continuous values used as they are")
+    try:
+        if p.suffix == ".npy":
+            x = np.load(p, allow_pickle=False)
+            perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
+            n_te = max(1, round(0.2 * len(x)))
+            tr_idx, te_idx = np.sort(perm[n_te:]), np.sort(perm[:n_te])
+            desc = f"{p}: one array split 80/20 (fixed seed {SPLIT_SEED}); {kind}."
+            return from_arrays(info.name, x[tr_idx], x[te_idx], levels=info.levels, n_train=n_train, n_test=n_test,
+                               description=desc, meta={"source": str(p), "train_index": tr_idx.tolist(),
+                                                       "test_index": te_idx.tolist()})
+        with np.load(p, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in ("x_train", "x_test", "y_train", "y_test") if k in z.files}
+        return from_arrays(info.name, arrays["x_train"], arrays["x_test"], arrays.get("y_train"),
+                           arrays.get("y_test"), levels=info.levels, n_train=n_train, n_test=n_test,
+                           description=f"{p}: user arrays; {kind}.", meta={"source": str(p)})
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from exc
+
+
+class ArraySource(DatasetSource[ArrayOptions]):
+    """A user's ``.npz`` / ``.npy`` file named by its path (absolute, or relative to the current directory)."""
+
+    Options = ArrayOptions
+
+    def __init__(self, path: str) -> None:
+        self.name = path
+
+    def info(self, options: ArrayOptions, seed: int = 0) -> DatasetInfo:
+        return file_info(self.name, options)[0]
+
+    def read(self, options: ArrayOptions, seed: int) -> Dataset:
+        return load_file(self.name, options.n_train, options.n_test, levels=options.levels)

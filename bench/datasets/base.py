@@ -15,6 +15,33 @@ import torch
 from torch import Tensor
 
 
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What is known about a data set without its arrays: all that ``Task.supports`` may read.
+
+    ``bench.datasets.info(name, options)`` gives it from constants (generated sets, digits), from file headers
+    (IDX, a user's ``.npz`` / ``.npy``) or from a folder search (CIFAR-10), and :attr:`Dataset.info` gives the
+    same for loaded data.
+
+    Attributes:
+        name: the data set's name as :attr:`Dataset.name` has it.
+        kind: ``"vector"`` (examples (D,)) or ``"image"`` (examples (C, H, W)).
+        shape: shape of one example.
+        num_classes: number of classes of the labels, or None when unlabelled.
+        levels: discrete levels per dimension, or None when continuous.
+    """
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    num_classes: int | None = None
+    levels: int | None = None
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.shape)
+
+
 @dataclass
 class Dataset:
     """A data set with train/test splits.
@@ -59,6 +86,11 @@ class Dataset:
     @property
     def dim(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def info(self) -> DatasetInfo:
+        """This data set's metadata (as ``bench.datasets.info`` gives it without loading)."""
+        return DatasetInfo(self.name, self.kind, self.shape, self.num_classes, self.levels)
 
     def dequantize(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Uniform dequantisation of discrete data stored as ``k / levels``; identity when continuous."""

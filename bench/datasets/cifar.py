@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from bench.datasets.arrays import from_arrays, search_dirs, searched
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
+from bench.datasets.source import DatasetSource, FileOptions
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
@@ -90,3 +91,20 @@ def load_cifar10(root: str | os.PathLike[str] | None = None, n_train: int | None
             "u ~ U[0, 1); official train/test split.")
     return from_arrays("cifar10", x_tr, x_te, y_tr, y_te, levels=256, n_train=n_train, n_test=n_test,
                        description=desc, meta={"source": str(folder)}, num_classes=10)
+
+
+class Cifar10Source(DatasetSource[FileOptions]):
+    """``"cifar10"``; :meth:`info` finds the batch files without reading them."""
+
+    Options = FileOptions
+    name = "cifar10"
+
+    def info(self, options: FileOptions, seed: int = 0) -> DatasetInfo:
+        locate(options.root)
+        return DatasetInfo(self.name, "image", (3, 32, 32), 10, 256)
+
+    def read(self, options: FileOptions, seed: int) -> Dataset:
+        return load_cifar10(root=options.root, n_train=options.n_train, n_test=options.n_test)
+
+
+cifar10 = Cifar10Source()

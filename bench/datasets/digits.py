@@ -20,10 +20,13 @@ from functools import lru_cache
 import numpy as np
 
 from bench.datasets.arrays import SPLIT_SEED, from_arrays, subset
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
+from bench.datasets.source import DatasetSource, LoaderOptions, check_sizes
 
 LEVELS = 17
 N_TEST = 359
+#: images in scikit-learn's bundled copy
+N_TOTAL = 1797
 
 
 @lru_cache(maxsize=1)
@@ -53,3 +56,23 @@ def load_digits(flat: bool = False, n_train: int | None = None, n_test: int | No
                        description=desc, meta={"source": "sklearn.datasets.load_digits",
                                                "train_index": tr.tolist(), "test_index": te.tolist(),
                                                **({"image_shape": [1, 8, 8]} if flat else {})})
+
+
+class DigitsSource(DatasetSource[LoaderOptions]):
+    """``"digits"`` (images (1, 8, 8)) or ``"digits-flat"`` (vectors (64,)); metadata known without sklearn."""
+
+    def __init__(self, flat: bool) -> None:
+        self.flat = flat
+        self.name = "digits-flat" if flat else "digits"
+
+    def info(self, options: LoaderOptions, seed: int = 0) -> DatasetInfo:
+        check_sizes(self.name, options, N_TOTAL - N_TEST, N_TEST)
+        return DatasetInfo(self.name, "vector" if self.flat else "image", (64,) if self.flat else (1, 8, 8), 10,
+                           LEVELS)
+
+    def read(self, options: LoaderOptions, seed: int) -> Dataset:
+        return load_digits(flat=self.flat, n_train=options.n_train, n_test=options.n_test)
+
+
+digits = DigitsSource(flat=False)
+digits_flat = DigitsSource(flat=True)

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.datasets.arrays import from_arrays, search_dirs, searched
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
+from bench.datasets.source import DatasetSource, FileOptions, check_sizes
 
 _DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _CODES: dict[str, int] = {"uint8": 0x08, "int8": 0x09, "int16": 0x0B, "int32": 0x0C, "float32": 0x0D, "float64": 0x0E}
@@ -37,6 +38,22 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3
 def _read_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def read_idx_header(path: str | os.PathLike[str]) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from an IDX file's header, reading only its first bytes (gzip or not)."""
+    path = Path(path)
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        magic = fh.read(4)
+        if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
+            raise ValueError(f"{path}: not an IDX file (magic bytes {magic.hex()})")
+        sizes = fh.read(4 * magic[3])
+    if len(sizes) < 4 * magic[3]:
+        raise ValueError(f"{path}: truncated IDX header")
+    shape = tuple(int(n) for n in np.frombuffer(sizes, dtype=">u4"))
+    return shape, np.dtype(_DTYPES[magic[2]]).newbyteorder("=")
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -134,3 +151,27 @@ def load_idx_dataset(name: str, root: str | os.PathLike[str] | None = None, n_tr
             "dequantised x = (k + u)/256, u ~ U[0, 1); official train/test split.")
     return from_arrays(name, x_tr[:, None], x_te[:, None], y_tr, y_te, levels=256, n_train=n_train, n_test=n_test,
                        description=desc, meta={"source": str(folder)}, num_classes=10)
+
+
+class IdxSource(DatasetSource[FileOptions]):
+    """``"mnist"`` or ``"fashion-mnist"``; :meth:`info` finds the files and reads only their headers."""
+
+    Options = FileOptions
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def info(self, options: FileOptions, seed: int = 0) -> DatasetInfo:
+        files = locate(self.name, options.root)
+        (train, dtype), (test, _) = (read_idx_header(files[FILES[i]]) for i in (0, 2))
+        if len(train) != 3 or len(test) != 3 or dtype != np.uint8:
+            raise ValueError(f"{self.name}: {files[FILES[0]]} holds images {train} {dtype}; expected (N, H, W) uint8")
+        check_sizes(self.name, options, train[0], test[0])
+        return DatasetInfo(self.name, "image", (1, train[1], train[2]), 10, 256)
+
+    def read(self, options: FileOptions, seed: int) -> Dataset:
+        return load_idx_dataset(self.name, root=options.root, n_train=options.n_train, n_test=options.n_test)
+
+
+fashion_mnist = IdxSource("fashion-mnist")
+mnist = IdxSource("mnist")

@@ -46,13 +46,18 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
+from bench.datasets.source import DatasetSource, LoaderOptions
+from bench.options import OptionError, opt
 
 NAMES = ("gaussians8", "checkerboard", "moons", "spirals", "rings")
 DEFAULT_NOISE = {"gaussians8": 0.1, "checkerboard": 0.05, "moons": 0.1, "spirals": 0.1, "rings": 0.1}
@@ -277,3 +282,37 @@ def load_toy(name: str, seed: int = 0, n_train: int | None = None, n_test: int |
         meta={"noise": used_noise, "entropy_method": method, "entropy_error": err, "quadrature_mass": mass,
               "components": int(d.centres.shape[0]) if isinstance(d, GaussianMixture2D) else None},
     )
+
+
+@dataclass(frozen=True)
+class ToyOptions(LoaderOptions):
+    """Options of the generated 2-D densities (``n_train`` / ``n_test`` default to 10000 / 5000)."""
+
+    noise: float | None = field(default=None, metadata=opt(
+        "noise std in raw units (default 0.1; checkerboard 0.05, where 0 gives the sharp board)", min=0))
+    seed: int | None = field(default=None, metadata=opt("sampling seed (default: the cell's seed)", min=0))
+
+
+class Toy2DSource(DatasetSource[ToyOptions]):
+    """One of :data:`NAMES`: vectors (2,), labelled as its density says, continuous."""
+
+    Options = ToyOptions
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def parse(self, data: Mapping[str, Any] | None, where: str) -> ToyOptions:
+        options = super().parse(data, where)
+        if options.noise == 0 and self.name != "checkerboard":
+            raise OptionError(f"{where}.noise: must be > 0 for {self.name} (0 is allowed for the checkerboard)")
+        return options
+
+    def info(self, options: ToyOptions, seed: int = 0) -> DatasetInfo:
+        return DatasetInfo(self.name, "vector", (2,), density(self.name, options.noise).num_classes, None)
+
+    def read(self, options: ToyOptions, seed: int) -> Dataset:
+        return load_toy(self.name, seed=seed if options.seed is None else options.seed, n_train=options.n_train,
+                        n_test=options.n_test, noise=options.noise)
+
+
+gaussians8, checkerboard, moons, spirals, rings = (Toy2DSource(n) for n in NAMES)

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bench.datasets.base import DatasetInfo
 from bench.run.environment import capture, now_iso, read_record, write_record
 from bench.run.executors import CellOutcome, Executor
 from bench.run.progress import Progress
@@ -103,35 +104,38 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[Cell
 
 
 class SupportCheck:
-    """``Task.supports(capabilities, dataset)`` evaluated in the runner, cached per (model, dataset, task).
+    """``Task.supports(capabilities, info)`` evaluated in the runner, cached per (model, dataset, task).
 
-    Loads each data set once (with the suite's options and the first seed); a data set that cannot be loaded
-    stops the run before any compute (a setup problem, not a result). A model class that cannot be imported
-    gives ``error`` rows for its cells (a broken optional backend must not stop the others).
+    Reads each data set's :class:`bench.datasets.DatasetInfo` once (``bench.datasets.info``: kind, shape,
+    classes, levels from constants or file headers; the arrays are loaded only in the workers). A data set that
+    cannot be found or read stops the run before any compute (a setup problem, not a result), with one line
+    naming where it was looked for. A model class that cannot be imported gives ``error`` rows for its cells
+    (a broken optional backend must not stop the others).
     """
 
     def __init__(self, seed: int) -> None:
         self.seed = seed
-        self._data: dict[str, Any] = {}
+        self._info: dict[str, DatasetInfo] = {}
         self._caps: dict[str, Any] = {}
         self._answers: dict[tuple[str, str, str], tuple[str, str]] = {}
 
-    def dataset(self, cell: CellSpec) -> Any:
-        if cell.dataset not in self._data:
-            from bench.run.worker import load_dataset
+    def dataset(self, cell: CellSpec) -> DatasetInfo:
+        """The cell's data-set metadata (raises ValueError, one line, when the data set cannot be used)."""
+        if cell.dataset not in self._info:
+            from bench.datasets import info
 
             try:
-                self._data[cell.dataset] = load_dataset(cell.dataset, cell.dataset_options, self.seed)
+                self._info[cell.dataset] = info(cell.dataset, cell.dataset_options, seed=self.seed)
             except Exception as exc:
                 text = " ".join(str(exc).split())
                 raise ValueError(f"data set {cell.dataset!r}: {type(exc).__name__}: {text}") from exc
-        return self._data[cell.dataset]
+        return self._info[cell.dataset]
 
     def __call__(self, cell: CellSpec) -> tuple[str, str]:
         """``("run", "")``; ``("unsupported", what the task requires)``; ``("error", message)``."""
         key = (cell.model, cell.dataset, cell.task)
         if key not in self._answers:
-            ds = self.dataset(cell)
+            meta = self.dataset(cell)
             try:
                 if cell.model not in self._caps:
                     from models.registry import get
@@ -139,9 +143,10 @@ class SupportCheck:
                     self._caps[cell.model] = get(cell.model).capabilities
                 caps = self._caps[cell.model]
                 task = resolve_task(cell.task)
-                if ds.kind not in caps.inputs:
-                    self._answers[key] = ("unsupported", f"{ds.kind} inputs (the model takes {'/'.join(caps.inputs)})")
-                elif not task.supports(caps, ds):
+                if meta.kind not in caps.inputs:
+                    self._answers[key] = ("unsupported",
+                                          f"{meta.kind} inputs (the model takes {'/'.join(caps.inputs)})")
+                elif not task.supports(caps, meta):
                     self._answers[key] = ("unsupported", str(getattr(task, "requires_text", "")))
                 else:
                     self._answers[key] = ("run", "")
@@ -150,7 +155,7 @@ class SupportCheck:
         return self._answers[key]
 
     def release(self) -> None:
-        self._data.clear()
+        self._info.clear()
 
 
 # ----------------------------------------------------------------------------------------------- running

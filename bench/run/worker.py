@@ -159,36 +159,26 @@ _DATA_CACHE: dict[str, Any] = {}
 
 
 def load_dataset(name: str, options: dict[str, Any], seed: int) -> Any:
-    """A :class:`bench.datasets.base.Dataset` by registry name or ``"module:function"``; cached per process.
+    """A :class:`bench.datasets.base.Dataset` by registry name, ``"module:attr"`` plug-in or ``.npz`` / ``.npy``
+    path (:func:`bench.datasets.load_table`); cached per process.
 
     The loader's ``seed`` is the cell's seed unless the suite gives ``seed`` among the data set's options.
     """
     import json
 
-    from bench.suite import import_target, is_target
+    from bench.datasets import load_table
 
-    opts = dict(options)
-    opts.setdefault("seed", seed)
-    key = json.dumps([name, opts], sort_keys=True, default=str)
+    key = json.dumps([name, options, seed], sort_keys=True, default=str)
     if key in _DATA_CACHE:
         return _DATA_CACHE[key]
-    if is_target(name):
-        ds = import_target(name)(**opts)
-    else:
-        from bench.datasets import load
-
-        ds = load(name, **opts)
+    ds = load_table(name, options, seed=seed)
     _DATA_CACHE.clear()  # keep one data set: a worker runs a (model, dataset, seed) group at a time
     _DATA_CACHE[key] = ds
     return ds
 
 
 def resolve_task(name: str) -> type[Any]:
-    from bench.suite import import_target, is_target
-
-    if is_target(name):
-        cls: type[Any] = import_target(name)
-        return cls
+    """The task class of a registered name or a ``"module:TaskClass"`` string (``bench.tasks.registry``)."""
     from bench.tasks.registry import get_task
 
     return get_task(name)

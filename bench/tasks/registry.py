@@ -1,11 +1,17 @@
-"""Task names -> lazily imported task classes."""
+"""The task registry: task names -> lazily imported :class:`bench.tasks.base.Task` subclasses.
+
+A :class:`models.registry.Registry` over the built-in table below, the entry-point group
+``invertible_bench.tasks`` (a third-party package declares ``my_task = "my_pkg.tasks:MyTask"``) and
+``"module:Class"`` strings. Names are listed in the order a suite runs them: the built-ins as below (training
+tasks first), then plug-ins sorted.
+"""
 
 from __future__ import annotations
 
-import difflib
-import importlib
-
 from bench.tasks.base import Task
+from models.registry import Registry
+
+ENTRY_POINT_GROUP = "invertible_bench.tasks"
 
 _TASKS: dict[str, str] = {
     "likelihood": "bench.tasks.likelihood:LikelihoodTask",
@@ -17,17 +23,21 @@ _TASKS: dict[str, str] = {
 }
 
 
+def _is_task_class(obj: object) -> bool:
+    return isinstance(obj, type) and issubclass(obj, Task)
+
+
+tasks: Registry[type[Task]] = Registry(
+    "task", ENTRY_POINT_GROUP, _TASKS, check=_is_task_class, want="a subclass of bench.tasks.base.Task",
+    name_rule=(r"^[a-z][a-z0-9_]*$", "snake_case"), sort=False, hint="or pass 'module:TaskClass'")
+
+
 def task_names() -> list[str]:
-    """Every task name, in the order a suite runs them (training tasks first)."""
-    return list(_TASKS)
+    """Every task name, in the order a suite runs them (training tasks first, then plug-ins)."""
+    return tasks.names()
 
 
 def get_task(name: str) -> type[Task]:
-    """The task class for ``name``; unknown names raise ``KeyError`` with near matches."""
-    if name not in _TASKS:
-        near = difflib.get_close_matches(name, list(_TASKS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(near)}?" if near else f"; known: {', '.join(_TASKS)}"
-        raise KeyError(f"unknown task {name!r}{hint}")
-    module, _, attr = _TASKS[name].partition(":")
-    cls: type[Task] = getattr(importlib.import_module(module), attr)
-    return cls
+    """The task class for a name or a ``"module:TaskClass"`` string; unknown names raise ``KeyError``
+    (:class:`models.registry.UnknownName`) with near matches."""
+    return tasks.get(name)
