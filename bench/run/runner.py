@@ -107,7 +107,8 @@ class SupportCheck:
     """``Task.supports(capabilities, info)`` evaluated in the runner, cached per (model, dataset, task).
 
     Reads each data set's :class:`bench.datasets.DatasetInfo` once (``bench.datasets.info``: kind, shape,
-    classes, levels from constants or file headers; the arrays are loaded only in the workers). A data set that
+    classes, levels from constants or file headers), so the arrays are loaded only in the workers (except for a
+    plug-in loader function, which cannot say what it returns without running and is loaded once here). A data set that
     cannot be found or read stops the run before any compute (a setup problem, not a result), with one line
     naming where it was looked for. A model class that cannot be imported gives ``error`` rows for its cells
     (a broken optional backend must not stop the others).
