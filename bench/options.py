@@ -32,7 +32,7 @@ class OptionError(ValueError):
     """An option that cannot be used; the message is one line naming where, the key and the problem."""
 
 
-def opt(help: str, *, min: float | None = None, max: float | None = None,  # noqa: A002
+def opt(help: str, *, min: float | None = None, max: float | None = None,
         min_exclusive: bool = False) -> dict[str, Any]:
     """Field metadata: a one-line description and an optional range."""
     return {"help": help, "min": min, "max": max, "min_exclusive": min_exclusive}

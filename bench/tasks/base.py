@@ -12,14 +12,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from bench.datasets.base import Dataset
+from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options
+from bench.options import Options as TaskOptions
 from bench.tasks.metric import Direction, Metric, MetricSpec
 from models.base import Capabilities, InvertibleModel
 
@@ -110,13 +111,14 @@ class Task(ABC):
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()
 
     @classmethod
-    def parse_options(cls, data: dict[str, Any] | None, where: str) -> Options:
+    def parse_options(cls, data: dict[str, Any] | None, where: str) -> TaskOptions:
         """The validated options from a suite's table (raises :class:`bench.options.OptionError`, one line)."""
         return cls.Options.parse(data or {}, where)
 
     @classmethod
-    def supports(cls, caps: Capabilities, dataset: Dataset) -> bool:
-        """Whether a model with ``caps`` can do this task on ``dataset``. Default: every model."""
+    def supports(cls, caps: Capabilities, dataset: DatasetInfo) -> bool:
+        """Whether a model with ``caps`` can do this task on the data set: decided from its metadata alone (kind,
+        shape, dim, num_classes, levels; the runner asks before any data is loaded). Default: every model."""
         return True
 
     @abstractmethod

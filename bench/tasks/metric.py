@@ -26,7 +26,7 @@ class MetricSpec:
     direction: Direction | None
     help: str = ""
 
-    def __call__(self, value: float | None, *, status: str = "ok", input: str = "",  # noqa: A002
+    def __call__(self, value: float | None, *, status: str = "ok", input: str = "",
                  variant: str = "", settings: dict[str, Any] | None = None,
                  extra: dict[str, Any] | None = None) -> Metric:
         """A measured :class:`Metric` of this spec."""
