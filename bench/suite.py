@@ -13,7 +13,7 @@ Format (every key optional except ``datasets``)::
     # depth = 4                         #   (checked against its signature when the suite loads)
     datasets = ["moons", "digits"]      # list of names; or a table name -> loader options:
     # [datasets.digits]
-    # n_train = 1000                    #   any key except `budget` and `models` is passed to the loader
+    # n_train = 1000                    #   loader options (checked against the loader's typed options)
     # budget = { steps = 800 }          #   per-data-set budget override
     # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [hparams])
     # tasks = ["likelihood", "stability"]      # run only these of the suite's tasks on this data set
