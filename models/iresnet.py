@@ -65,21 +65,29 @@ class ResidualNet(nn.Module):
         activation: ``"elu"`` or ``"lipswish"``.
         hidden_layers: number of hidden layers (``hidden_layers + 1`` weight layers).
         n_power_iterations: power-iteration steps per training forward.
+        weight_gain: every layer's weight is ``weight_gain * weight`` before normalisation
+            (:class:`models.spectral_norm.SpectralNormLayer`), so Adam's step on it is ``weight_gain`` times larger.
+        init_at_bound: rescale every layer to ``||W||_2 = coeff`` at construction
+            (:meth:`models.spectral_norm.SpectralNormLayer.rescale_to_bound`).
     """
 
     def __init__(self, shape: Sequence[int], hidden: int, coeff: float, activation: str, hidden_layers: int = 2,
-                 n_power_iterations: int = 1) -> None:
+                 n_power_iterations: int = 1, weight_gain: float = 1.0, init_at_bound: bool = False) -> None:
         super().__init__()
         self.shape = tuple(shape)
         widths = [self.shape[0]] + [hidden] * hidden_layers + [self.shape[0]]
         layers: list[SpectralNormLayer] = []
         for i in range(len(widths) - 1):
             if len(self.shape) == 1:
-                layers.append(SpectralNormLinear(widths[i], widths[i + 1], coeff, n_power_iterations))
+                layers.append(SpectralNormLinear(widths[i], widths[i + 1], coeff, n_power_iterations,
+                                                 gain=weight_gain))
             else:
                 kernel = 3 if i in (0, len(widths) - 2) else 1
                 hw = (self.shape[1], self.shape[2])
-                layers.append(SpectralNormConv2d(widths[i], widths[i + 1], kernel, hw, coeff, n_power_iterations))
+                layers.append(SpectralNormConv2d(widths[i], widths[i + 1], kernel, hw, coeff, n_power_iterations,
+                                                 gain=weight_gain))
+            if init_at_bound:
+                layers[-1].rescale_to_bound()
         self.layers = nn.ModuleList(layers)
         self.acts = nn.ModuleList([make_activation(activation) for _ in range(len(layers) - 1)])
 
@@ -209,6 +217,12 @@ class ResidualFlow(InvertibleModel):
         actnorm: put an ActNorm before every block.
         squeeze: space-to-depth steps for images (``None``: one if height and width are even).
         n_power_iterations: spectral-norm power-iteration steps per training forward.
+        weight_gain: each layer uses ``weight_gain * weight`` (an equalised-learning-rate parametrisation, Karras et
+            al., ICLR 2018): Adam moves each entry of ``weight`` by about ``lr``, so the step on the layer's weight
+            is ``weight_gain`` times larger; 1 is the plain parametrisation.
+        init_at_bound: start every layer at its bound, ``||W||_2 = coeff``, instead of PyTorch's default
+            initialisation (whose norm is usually above ``coeff``, so the normalisation would divide every step
+            by ``sigma / coeff``; a ``Linear(2, 64)`` has ``sigma`` about 3.3).
         method, terms, exact_terms, probes, probe, tail, tail_param, max_terms, neumann_grad, vjp, eval_seed:
             the log-det estimator, see :class:`models.logdet_estimators.EstimatorSettings`.
         solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
@@ -230,21 +244,24 @@ class ResidualFlow(InvertibleModel):
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
                  hidden_layers: int = 2, coeff: float = 0.9, activation: str = "elu", actnorm: bool = True,
-                 squeeze: int | None = None, n_power_iterations: int = 1,
-                 method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2, probes: int = 1,
-                 probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
+                 squeeze: int | None = None, n_power_iterations: int = 1, weight_gain: float = 1.0,
+                 init_at_bound: bool = False, method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2,
+                 probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
                  max_terms: int = 100, neumann_grad: bool = False, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
                  max_iter: int = 1000, anderson_memory: int = 5) -> None:
         if depth < 1 or hidden < 1 or hidden_layers < 1:
             raise ValueError("depth, hidden and hidden_layers must be >= 1")
+        if weight_gain <= 0:
+            raise ValueError(f"weight_gain must be positive, got {weight_gain}")
         settings = EstimatorSettings(method=method, terms=terms, exact_terms=exact_terms, probes=probes, probe=probe,
                                      tail=tail, tail_param=tail_param, max_terms=max_terms,
                                      neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed)
         solve = InverseSettings(solver=solver, tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
-                         n_power_iterations=n_power_iterations, **settings.as_dict(), **_inverse_hparams(solve))
+                         n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
+                         **settings.as_dict(), **_inverse_hparams(solve))
         self.settings = settings
         self.solve = solve
         self.n_squeeze = self._n_squeeze(squeeze)
@@ -252,7 +269,8 @@ class ResidualFlow(InvertibleModel):
         self.actnorms = nn.ModuleList(
             [ActNorm(self.inner_shape[0]) if actnorm else nn.Identity() for _ in range(depth)])
         self.blocks = nn.ModuleList([
-            ResidualBlock(ResidualNet(self.inner_shape, hidden, coeff, activation, hidden_layers, n_power_iterations))
+            ResidualBlock(ResidualNet(self.inner_shape, hidden, coeff, activation, hidden_layers, n_power_iterations,
+                                      weight_gain, init_at_bound))
             for _ in range(depth)])
         assert self.num_classes is not None
         self.head = nn.Linear(self.dim, self.num_classes)
@@ -399,15 +417,16 @@ class ResFlowNative(ResidualFlow):
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
                  hidden_layers: int = 2, coeff: float = 0.98, activation: str = "lipswish", actnorm: bool = True,
-                 squeeze: int | None = None, n_power_iterations: int = 1,
-                 method: EstimatorMethod = "roulette", terms: int = 5, exact_terms: int = 2, probes: int = 1,
-                 probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
-                 max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
+                 squeeze: int | None = None, n_power_iterations: int = 1, weight_gain: float = 1.0,
+                 init_at_bound: bool = False, method: EstimatorMethod = "roulette", terms: int = 5,
+                 exact_terms: int = 2, probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric",
+                 tail_param: float = 0.5, max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
                  max_iter: int = 1000, anderson_memory: int = 5) -> None:
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
-                         n_power_iterations=n_power_iterations, method=method, terms=terms, exact_terms=exact_terms,
+                         n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
+                         method=method, terms=terms, exact_terms=exact_terms,
                          probes=probes, probe=probe, tail=tail, tail_param=tail_param, max_terms=max_terms,
                          neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed, solver=solver,
                          inverse_tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)

@@ -3,6 +3,10 @@
 Behrmann et al., "Invertible Residual Networks", ICML 2019, sec. 3 (after Miyato et al., "Spectral
 Normalization for GANs", ICLR 2018): the weight used is ``W_eff = W / max(1, sigma(W) / c)``, so
 ``||W_eff||_2 <= c`` whenever ``sigma(W)`` is the operator norm, and ``W`` is left alone when it is already small.
+Here ``W = gain * weight`` with the trained parameter ``weight`` and a constant ``gain`` (default 1), the
+equalised-learning-rate parametrisation of Karras et al., "Progressive Growing of GANs", ICLR 2018: Adam moves
+each entry of ``weight`` by about ``lr`` per step, so ``gain`` multiplies the step on ``W``.
+:meth:`SpectralNormLayer.rescale_to_bound` scales ``weight`` so that a layer starts with ``||W||_2 = c``.
 ``sigma`` is estimated by power iteration with persistent vectors ``u``, ``v`` (buffers): in training mode each
 forward does ``n_power_iterations`` steps and stores them; in eval mode the stored vectors are used unchanged,
 so evaluation is deterministic. Power iteration gives ``sigma_est <= sigma``, so the bound holds up to the
@@ -35,11 +39,15 @@ class SpectralNormLayer(nn.Module):
     u: Tensor
     v: Tensor
 
-    def __init__(self, coeff: float, n_power_iterations: int, init_iterations: int) -> None:
+    def __init__(self, coeff: float, n_power_iterations: int, init_iterations: int, gain: float = 1.0) -> None:
         super().__init__()
         if coeff <= 0:
             raise ValueError(f"coeff must be positive, got {coeff}")
+        if gain <= 0:
+            raise ValueError(f"gain must be positive, got {gain}")
         self.coeff = float(coeff)
+        #: the weight used is ``gain * weight`` before normalisation (``sigma`` is that product's norm)
+        self.gain = float(gain)
         self.n_power_iterations = int(n_power_iterations)
         self.init_iterations = int(init_iterations)
 
@@ -57,7 +65,8 @@ class SpectralNormLayer(nn.Module):
 
     @torch.no_grad()
     def power_iterate(self, iterations: int) -> None:
-        """Run ``iterations`` power-iteration steps on ``W^T W`` and store ``u``, ``v``."""
+        """Run ``iterations`` power-iteration steps on ``W^T W`` and store ``u``, ``v`` (``W = gain * weight``
+        has the singular vectors of ``weight``, so the iteration runs on ``weight``)."""
         if iterations <= 0:
             return
         w = self.weight.detach()
@@ -69,17 +78,29 @@ class SpectralNormLayer(nn.Module):
         self.v.copy_(v)
 
     def sigma(self, update: bool = False) -> Tensor:
-        """The power-iteration estimate ``u^T W v`` of ``||W||_2`` (differentiable in ``W``); scalar."""
+        """The power-iteration estimate ``u^T W v`` of ``||W||_2``, ``W = gain * weight`` (differentiable in
+        ``weight``); scalar."""
         if update and self.training:
             self.power_iterate(self.n_power_iterations)
         # a graph saves u and v, which a later training forward updates in place: give it copies
         u, v = (self.u.clone(), self.v.clone()) if torch.is_grad_enabled() else (self.u, self.v)
-        return (u * self._op(v, self.weight)).sum()
+        return self.gain * (u * self._op(v, self.weight)).sum()
 
     def normalized_weight(self, update: bool = False) -> Tensor:
-        """``W / max(1, sigma / c)``; ``update`` runs power iteration first (training mode only)."""
+        """``W / max(1, sigma / c)`` with ``W = gain * weight``; ``update`` runs power iteration first (training
+        mode only). Same shape as ``weight``."""
         factor = torch.clamp(self.sigma(update) / self.coeff, min=1.0)
-        return self.weight / factor
+        return self.gain * self.weight / factor
+
+    @torch.no_grad()
+    def rescale_to_bound(self) -> None:
+        """Scale ``weight`` so that ``||gain * weight||_2 = c`` by the power-iteration estimate: the layer starts
+        at its bound and the normalisation divides by 1, so none of a step on ``weight`` is scaled away (PyTorch's
+        default initialisation gives a ``Linear(2, 64)`` a norm of about 3.3, which ``c = 0.9`` divides by 3.7)."""
+        iterations = max(self.init_iterations, 1)
+        self.power_iterate(iterations)
+        self.weight.mul_(self.coeff / float(self.sigma()))
+        self.power_iterate(iterations)
 
     def affine(self, x: Tensor, w: Tensor) -> Tensor:
         """``x -> op(x; w) + b``."""
@@ -97,8 +118,8 @@ class SpectralNormLinear(SpectralNormLayer):
     """``x -> x W_eff^T + b`` with ``||W_eff||_2 <= c``. ``x``: (..., in_features) -> (..., out_features)."""
 
     def __init__(self, in_features: int, out_features: int, coeff: float = 0.9, n_power_iterations: int = 1,
-                 init_iterations: int = 50) -> None:
-        super().__init__(coeff, n_power_iterations, init_iterations)
+                 init_iterations: int = 50, gain: float = 1.0) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations, gain)
         lin = nn.Linear(in_features, out_features)
         self.weight = nn.Parameter(lin.weight.detach().clone())
         self.bias = nn.Parameter(lin.bias.detach().clone())
@@ -122,8 +143,9 @@ class SpectralNormConv2d(SpectralNormLayer):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_hw: tuple[int, int],
-                 coeff: float = 0.9, n_power_iterations: int = 1, init_iterations: int = 50) -> None:
-        super().__init__(coeff, n_power_iterations, init_iterations)
+                 coeff: float = 0.9, n_power_iterations: int = 1, init_iterations: int = 50,
+                 gain: float = 1.0) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations, gain)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for a size-preserving convolution, got {kernel_size}")
         self.padding = kernel_size // 2
