@@ -150,7 +150,10 @@ def test_bundled_suites(tmp_path: Path) -> None:
     quick = load_suite("quick", real)
     assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
     assert {"gaussians8", "checkerboard", "moons", "spirals", "digits-flat"} <= {d.name for d in quick.datasets}
-    assert quick.timeout is not None and quick.options_for("stability")["regularizer"]["eps"] > 0
+    from bench.tasks.stability import StabilityTask
+
+    stability = StabilityTask.parse_options(quick.options_for("stability"), "quick")
+    assert quick.timeout is not None and stability.regularizer is not None and stability.regularizer.eps == 0.1
     fashion = load_suite("fashion", real)
     assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
     short = load_suite("fashion-short", real)
