@@ -117,9 +117,9 @@ class Suite:
 
     def ordered_tasks(self) -> list[str]:
         """Tasks in run order: training tasks first (so the others reuse their checkpoints), then the rest."""
-        from bench.run.worker import resolve_task
+        from bench.tasks.registry import get_task
 
-        train = [t for t in self.tasks if resolve_task(t).trains_model]
+        train = [t for t in self.tasks if get_task(t).trains_model]
         return train + [t for t in self.tasks if t not in train]
 
 
@@ -399,10 +399,10 @@ def _check_task(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
 def _check_task_options(c: _Ctx, task: str, options: dict[str, Any]) -> None:
     """The task's options against its ``Options`` dataclass (unknown keys, types, ranges)."""
     from bench.options import OptionError
-    from bench.run.worker import resolve_task
+    from bench.tasks.registry import get_task
 
     try:
-        resolve_task(task).parse_options(options, f"tasks.{_key(task)}")
+        get_task(task).parse_options(options, f"tasks.{_key(task)}")
     except OptionError as exc:
         raise c.fail("", str(exc)) from exc
 

@@ -47,8 +47,9 @@ from bench.run.rundir import (
     config_hash,
     prepare_out_dir,
 )
-from bench.run.worker import CellSpec, declared_metrics, failure_rows, make_row, resolve_task
+from bench.run.worker import CellSpec, declared_metrics, failure_rows, make_row
 from bench.suite import Suite
+from bench.tasks.registry import get_task
 
 #: order in which a cell's worst status is chosen for its summary
 SEVERITY: tuple[str, ...] = ("error", "oom", "timeout", "diverged", "not_converged", "unsupported", "ok")
@@ -78,7 +79,7 @@ def cell_status(rows: Sequence[Row]) -> str:
 def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[CellSpec]]:
     """The cells of a suite, grouped per (model, dataset, seed), training tasks first in each group."""
     tasks = suite.ordered_tasks()
-    classes = {t: resolve_task(t) for t in tasks}
+    classes = {t: get_task(t) for t in tasks}
     metrics = {t: tuple(classes[t].metric_specs) for t in tasks}
     groups: list[list[CellSpec]] = []
     for model in suite.models:
@@ -143,7 +144,7 @@ class SupportCheck:
 
                     self._caps[cell.model] = get(cell.model).capabilities
                 caps = self._caps[cell.model]
-                task = resolve_task(cell.task)
+                task = get_task(cell.task)
                 if meta.kind not in caps.inputs:
                     self._answers[key] = ("unsupported",
                                           f"{meta.kind} inputs (the model takes {'/'.join(caps.inputs)})")
@@ -185,7 +186,7 @@ class _Recorder:
 
 def _unsupported_rows(cell: CellSpec, requires: str) -> list[Row]:
     extra = {"requires": requires} if requires else {}
-    return [make_row(cell, m, None, "unsupported", extra) for m in declared_metrics(cell)]
+    return [make_row(cell, m(None), None, "unsupported", extra) for m in declared_metrics(cell)]
 
 
 def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = False, progress: Progress | None = None,

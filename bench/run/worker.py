@@ -84,18 +84,17 @@ def _jsonable(value: Any) -> Any:
 
 def make_row(spec: CellSpec, metric: Any, value: float | None, status: str, extra: dict[str, Any] | None = None
              ) -> Row:
-    """A row of ``spec``'s cell for ``metric`` (a :class:`bench.tasks.metric.Metric` or ``MetricSpec``)."""
+    """A row of ``spec``'s cell for ``metric`` (a :class:`bench.tasks.metric.Metric`: its identity and unit)."""
     return Row(run_id=spec.run_id, suite=spec.suite, model=spec.model, task=spec.task, dataset=spec.dataset,
                seed=spec.seed, metric=metric.name, value=value, unit=metric.unit, direction=metric.direction,
-               status=status, input=getattr(metric, "input", ""), variant=getattr(metric, "variant", ""),
-               settings=_jsonable(dict(getattr(metric, "settings", {}) or {})), config_hash=spec.config_hash,
-               extra=_jsonable(extra or {}))
+               status=status, input=metric.input, variant=metric.variant, settings=_jsonable(dict(metric.settings)),
+               config_hash=spec.config_hash, extra=_jsonable(extra or {}))
 
 
 def failure_rows(spec: CellSpec, status: str, message: str, extra: dict[str, Any] | None = None) -> list[Row]:
     """One valueless row per declared metric (or one row ``metric="cell"`` when none are declared)."""
     info = {"message": message, **(extra or {})}
-    return [make_row(spec, m, None, status, info) for m in declared_metrics(spec)]
+    return [make_row(spec, m(None), None, status, info) for m in declared_metrics(spec)]
 
 
 def declared_metrics(spec: CellSpec) -> tuple[Any, ...]:
@@ -177,23 +176,17 @@ def load_dataset(name: str, options: dict[str, Any], seed: int) -> Any:
     return ds
 
 
-def resolve_task(name: str) -> type[Any]:
-    """The task class of a registered name or a ``"module:TaskClass"`` string (``bench.tasks.registry``)."""
-    from bench.tasks.registry import get_task
-
-    return get_task(name)
-
-
 def run_cell(spec: CellSpec, progress: ProgressFn | None = None) -> list[Row]:
     """Run one cell in this process and return its rows; failures become rows, never exceptions."""
     import torch
 
     from bench.tasks.base import Budget, TaskContext
+    from bench.tasks.registry import get_task
     from models import registry
 
     try:
         seed_everything(spec.seed)
-        task_cls = resolve_task(spec.task)
+        task_cls = get_task(spec.task)
         dataset = load_dataset(spec.dataset, spec.dataset_options, spec.seed)
         hparams = dict(spec.hparams)
 

@@ -19,7 +19,6 @@ from typing import Any, ClassVar
 import torch
 
 from bench.datasets.base import Dataset, DatasetInfo
-from bench.options import Options
 from bench.options import Options as TaskOptions
 from bench.tasks.metric import Direction, Metric, MetricSpec
 from models.base import Capabilities, InvertibleModel
@@ -92,7 +91,7 @@ def save_artifact(ctx: TaskContext, name: str, **arrays: Any) -> str | None:
 
 
 @dataclass(frozen=True)
-class NoOptions(Options):
+class NoOptions(TaskOptions):
     """A task without options."""
 
 
@@ -102,7 +101,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     #: the task's options dataclass; ``ctx.options`` is an instance of it
-    Options: ClassVar[type[Options]] = NoOptions
+    Options: ClassVar[type[TaskOptions]] = NoOptions
     #: whether the task trains the model (training tasks run first; later tasks reuse their checkpoints)
     trains_model: ClassVar[bool] = False
     #: human-readable list of what the task needs, shown in ``unsupported`` rows

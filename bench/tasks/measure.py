@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal, TypeVar
 
@@ -143,33 +143,35 @@ def failed_metrics(specs: Sequence[MetricSpec], status: str, why: str) -> list[M
     return [spec(None, status=status, extra={"reason": why}) for spec in specs]
 
 
+S = TypeVar("S")
+
+
 @contextlib.contextmanager
+def _applied(get: Callable[[], S | None], configure: Callable[[S], None], settings: S | None) -> Iterator[S | None]:
+    """``configure(settings)`` inside the block and the saved ``get()`` restored afterwards (also after an error);
+    yields what ``get()`` reports while they apply. ``settings`` None, or ``get()`` None (nothing to configure),
+    changes nothing and yields ``get()``."""
+    saved = get()
+    if settings is None or saved is None:
+        yield saved
+        return
+    configure(settings)
+    try:
+        yield get()
+    finally:
+        configure(saved)
+
+
 def estimator_settings(model: InvertibleModel, settings: EstimatorSettings | None
-                       ) -> Iterator[EstimatorSettings | None]:
+                       ) -> contextlib.AbstractContextManager[EstimatorSettings | None]:
     """Use the estimator ``settings`` inside the block and restore the model's own afterwards (also after an
     error); yields what the model reports while they apply. ``settings`` None (or an exact model) changes
     nothing and yields the model's current settings."""
-    saved = model.estimator_settings()
-    if settings is None or saved is None:
-        yield saved
-        return
-    model.configure_estimator(settings)
-    try:
-        yield model.estimator_settings()
-    finally:
-        model.configure_estimator(saved)
+    return _applied(model.estimator_settings, model.configure_estimator, settings)
 
 
-@contextlib.contextmanager
-def inverse_settings(model: InvertibleModel, settings: InverseSettings | None) -> Iterator[InverseSettings | None]:
+def inverse_settings(model: InvertibleModel, settings: InverseSettings | None
+                     ) -> contextlib.AbstractContextManager[InverseSettings | None]:
     """Use the inverse ``settings`` inside the block and restore the model's own afterwards (also after an error).
     ``settings`` None (or an analytic inverse) changes nothing; yields what applies."""
-    saved = model.inverse_settings()
-    if settings is None or saved is None:
-        yield saved
-        return
-    model.configure_inverse(settings)
-    try:
-        yield model.inverse_settings()
-    finally:
-        model.configure_inverse(saved)
+    return _applied(model.inverse_settings, model.configure_inverse, settings)
