@@ -182,21 +182,26 @@ def make_ctx(make_model: Any, dataset: Dataset, budget: Budget, tmp: Path | None
                        checkpoint_dir=tmp, model_name="linear-template")
 
 
-def test_checkpoint_cache_returns_identical_model_without_retraining(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[str] = []
+@pytest.fixture
+def train_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per call of ``training.train_likelihood`` (which still trains)."""
+    log: list[int] = []
     real = training.train_likelihood
 
     def counting(*args: Any, **kwargs: Any) -> TrainResult:
-        calls.append("likelihood")
+        log.append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(training, "train_likelihood", counting)
+    return log
+
+
+def test_checkpoint_cache_returns_identical_model_without_retraining(tmp_path: Path, train_calls: list[int]) -> None:
     dataset = vector_dataset()
     budget = Budget(steps=15, batch_size=32, lr=0.05)
     first, r1 = trained_model(make_ctx(lambda: LinearFlow((2,)), dataset, budget, tmp_path), "likelihood")
     second, r2 = trained_model(make_ctx(lambda: LinearFlow((2,)), dataset, budget, tmp_path), "likelihood")
-    assert len(calls) == 1
+    assert len(train_calls) == 1
     assert same_state(first, second) and not same_state(second, LinearFlow((2,)))
     assert r1 == r2 and not second.training
     assert [p.suffix for p in tmp_path.iterdir()] == [".pt"]  # no temporary file left behind
@@ -207,24 +212,16 @@ def test_checkpoint_cache_returns_identical_model_without_retraining(tmp_path: P
     trained_model(make_ctx(lambda: LinearFlow((2,), seed=5), dataset, budget, tmp_path), "likelihood")
     trained_model(make_ctx(lambda: LinearFlow((2,)), vector_dataset(seed=9), budget, tmp_path), "likelihood")
     trained_model(make_ctx(lambda: LinearFlow((2,)), dataset, budget, tmp_path), "likelihood", FDRegularizer())
-    assert len(calls) == 6
+    assert len(train_calls) == 6
     trained_model(make_ctx(lambda: LinearFlow((2,)), dataset, budget, tmp_path), "likelihood", FDRegularizer())
-    assert len(calls) == 6 and len(list(tmp_path.iterdir())) == 6
+    assert len(train_calls) == 6 and len(list(tmp_path.iterdir())) == 6
 
 
-def test_trained_model_without_checkpoint_dir_always_trains(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    real = training.train_likelihood
-
-    def counting(*args: Any, **kwargs: Any) -> TrainResult:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_likelihood", counting)
+def test_trained_model_without_checkpoint_dir_always_trains(train_calls: list[int]) -> None:
     ctx = make_ctx(lambda: LinearFlow((2,)), vector_dataset(), Budget(steps=2), None)
     trained_model(ctx, "likelihood")
     trained_model(ctx, "likelihood")
-    assert len(calls) == 2
+    assert len(train_calls) == 2
 
 
 def test_trained_model_rejects_bad_requests() -> None:
@@ -477,19 +474,11 @@ def test_zero_steps_runs_data_init_and_takes_no_step(monkeypatch: pytest.MonkeyP
     assert all(torch.equal(before[k], v) for k, v in clf.state_dict().items())
 
 
-def test_zero_steps_checkpoint_is_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    real = training.train_likelihood
-
-    def counting(*args: Any, **kwargs: Any) -> TrainResult:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "train_likelihood", counting)
+def test_zero_steps_checkpoint_is_cached(tmp_path: Path, train_calls: list[int]) -> None:
     dataset = vector_dataset()
     first, r1 = trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=0), tmp_path), "likelihood")
     second, r2 = trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=0), tmp_path), "likelihood")
-    assert len(calls) == 1 and r1.steps == r2.steps == 0 and same_state(first, second)
+    assert len(train_calls) == 1 and r1.steps == r2.steps == 0 and same_state(first, second)
     assert isinstance(second, ActNormFlow) and bool(second.actnorm.initialized)  # the data-initialised state
     trained_model(make_ctx(lambda: ActNormFlow((2,)), dataset, Budget(steps=1), tmp_path), "likelihood")
-    assert len(calls) == 2
+    assert len(train_calls) == 2
