@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -58,6 +58,10 @@ class TaskContext:
         model_name: the registry name of the model (for messages and file names).
         artifact_dir: where a task writes arrays too large for a row (density grids, samples) with
             :func:`save_artifact`; rows point to them by relative path in ``extra["artifact"]``.
+        task_name: the registry name of the task.
+        targets: the data set's declared targets, metric name -> threshold (the suite's ``targets`` table of the
+            data set); a training task reports ``time_to_target`` for each metric it emits (reached when the
+            value is on the good side of the threshold by the metric's direction).
     """
 
     make_model: Callable[..., InvertibleModel]
@@ -71,6 +75,7 @@ class TaskContext:
     model_name: str = ""
     artifact_dir: Path | None = None
     task_name: str = ""
+    targets: dict[str, float] = field(default_factory=dict)
 
 
 def save_artifact(ctx: TaskContext, name: str, **arrays: Any) -> str | None:
