@@ -36,8 +36,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-Status = Literal["ok", "diverged", "not_converged", "unsupported", "error", "timeout", "oom"]
-STATUSES: tuple[str, ...] = ("ok", "diverged", "not_converged", "unsupported", "error", "timeout", "oom")
+Status = Literal["ok", "diverged", "not_converged", "not_reached", "unsupported", "error", "timeout", "oom"]
+STATUSES: tuple[str, ...] = ("ok", "diverged", "not_converged", "not_reached", "unsupported", "error", "timeout", "oom")
 Direction = Literal["up", "down", "zero"]
 DIRECTIONS: tuple[str, ...] = ("up", "down", "zero")
 SCHEMA = 2
