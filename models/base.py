@@ -307,6 +307,12 @@ class InvertibleModel(nn.Module, ABC):
     roundtrip_tol: ClassVar[float] = 1e-8
     #: Tolerance of ladj against the exact slogdet (exact models) in float64.
     logdet_tol: ClassVar[float] = 1e-6
+    #: The model is fitted in closed form by :meth:`fit_closed_form` on the whole training set instead of by
+    #: gradient steps; training loops call that once and take no optimiser step.
+    closed_form_fit: ClassVar[bool] = False
+    #: A reference the comparisons are held against rather than a contender (``"gaussian"``: the Gaussian fitted
+    #: to the training data); tasks copy it into their rows' ``extra`` as ``{"baseline": baseline}``. None: a model.
+    baseline: ClassVar[str | None] = None
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, **hparams: Any) -> None:
         super().__init__()
@@ -403,6 +409,12 @@ class InvertibleModel(nn.Module, ABC):
 
     def after_step(self) -> None:
         """Called by training loops after every optimiser step (e.g. a projection). Default: nothing."""
+
+    def fit_closed_form(self, y: Tensor) -> None:
+        """Fit the model in closed form to the whole pre-processed training set ``y``: (N, *shape) (discrete data
+        already dequantised by the caller). Only for ``closed_form_fit`` models, which training loops fit with this
+        one call instead of optimiser steps; others raise ``NotImplementedError``."""
+        raise NotImplementedError(f"{type(self).__name__} is trained by gradient steps, not fitted in closed form")
 
     def estimator_settings(self) -> EstimatorSettings | None:
         """The log-det estimator's settings; None for exact models. Estimator models MUST override it."""
