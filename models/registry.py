@@ -215,6 +215,7 @@ _BUILTIN: dict[str, str] = {
     "resflow-native": "models.iresnet:ResFlowNative",
     "revnet-native": "models.revnet:RevNetNative",
     "nsf-nflows": "models.nflows_flows:NSFNflows",
+    "gaussian-fit": "models.baselines:GaussianFit",
 }
 
 
