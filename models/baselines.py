@@ -67,6 +67,7 @@ class GaussianFit(InvertibleModel):
     baseline: ClassVar[str | None] = "gaussian"
     #: the triangular solve of the inverse in float64 reconstructs to about 1e-12 at the conformance checks' D
     roundtrip_tol: ClassVar[float] = 1e-9
+    _tril: Tensor  # (2, D(D-1)/2) row and column indices of W's strictly lower triangle (a buffer)
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, ridge: float = DEFAULT_RIDGE) -> None:
         super().__init__(shape, num_classes, ridge=ridge)
