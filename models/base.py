@@ -80,7 +80,9 @@ class Capabilities:
         memory_saving: backprop can reconstruct activations instead of storing them
             (``set_memory_saving(bool)``).
         inputs: the input kinds the model accepts.
-        volume_preserving: ladj is identically zero.
+        volume_preserving: ladj is identically zero in every configuration of the class (a model whose volume
+            preservation depends on a hyper-parameter declares False and answers per instance in
+            :meth:`InvertibleModel.nll_floor`).
     """
 
     density: bool = True
@@ -409,6 +411,22 @@ class InvertibleModel(nn.Module, ABC):
 
     def after_step(self) -> None:
         """Called by training loops after every optimiser step (e.g. a projection). Default: nothing."""
+
+    def nll_floor(self) -> float | None:
+        """The least NLL, in nats per example of the model's input ``y``: (B, *shape), that this model can give any
+        point, whatever it learns; None where there is no such floor.
+
+        A volume-preserving model with the standard normal base has ``log p(y) = log N(T(y); 0, I) <= -(D/2)
+        ln(2 pi)``, so ``NLL >= (D/2) ln(2 pi)``. On discrete data with L levels scaled to [0, 1) (``bench.units``)
+        that is ``bpd >= log2(L) + (1/2) log2(2 pi)``: 5.413 bits/dim for L = 17 (8x8 digits), 9.326 for L = 256,
+        worse than the ``log2(L)`` of the uniform density on the cube. Pre-processing ``x -> y`` moves the floor by
+        its log-det (the NLL of ``x`` is the NLL of ``y`` minus ``log|det dy/dx|``). Default: that floor when
+        ``capabilities.volume_preserving``, else None; a model whose volume preservation depends on its
+        configuration overrides this.
+        """
+        if self.capabilities.volume_preserving and self.capabilities.density:
+            return 0.5 * self.dim * math.log(2 * math.pi)
+        return None
 
     def fit_closed_form(self, y: Tensor) -> None:
         """Fit the model in closed form to the whole pre-processed training set ``y``: (N, *shape) (discrete data
