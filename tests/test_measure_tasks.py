@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from task_helpers import D, SeriesResidual, TrainingCalls, by_name, context, gaussian_data
+from task_helpers import D, SaturatingFlow, SeriesResidual, TrainingCalls, by_name, context, gaussian_data
 
 from bench.options import OptionError
 from bench.tasks.base import Task
@@ -46,6 +46,9 @@ def test_inverse_cost_on_linear_flow(calls: TrainingCalls) -> None:
     assert units.extra["q25"] <= units.value <= units.extra["q75"] and units.extra["grad_mode"] == "no_grad"
     assert units.unit == "fwd passes" and units.direction == "down" and units.settings == {}
     assert "inverse_settings" not in units.extra  # an analytic inverse has none
+    flops = out["inverse_flop_units"]  # the inverse is a linear solve: no matrix product to count
+    assert flops.value == 0 and flops.extra["flops_forward_unit"] == 2 * D * D and flops.unit == "fwd FLOPs"
+    assert flops.extra["counter"] == "torch.utils.flop_counter.FlopCounterMode" and "only" in flops.extra["counts"]
     assert calls == [{"objective": "likelihood", "regularizer": None}]
 
 
@@ -72,6 +75,15 @@ def test_inverse_cost_curve_for_an_iterative_inverse(calls: TrainingCalls) -> No
     assert errs[-1] == pytest.approx(out["recon_err"].value, rel=1e-6)
     assert errs[-1] < 1e-5 < errs[0]
     assert built[-1].inverse_settings().max_iter == 500  # restored
+    # one x W^T per iteration against one in encode: the FLOP ratio is the iteration count exactly
+    assert out["inverse_flop_units"].value == out["inverse_iters"].value
+    assert out["inverse_flop_units"].extra["flops_inverse"] == out["inverse_iters"].value * 2 * D * D
+
+
+def test_inverse_flop_units_without_matrix_products_is_unsupported(calls: TrainingCalls) -> None:
+    out = by_name(InverseCostTask().run(context(lambda **kw: SaturatingFlow((D,), **kw), InverseCostTask)))
+    assert out["inverse_flop_units"].status == "unsupported" and out["inverse_flop_units"].value is None
+    assert out["inverse_flop_units"].extra["flops_forward_unit"] == 0
 
 
 def test_inverse_cost_reports_not_converged_with_its_value(calls: TrainingCalls) -> None:
@@ -163,7 +175,13 @@ def test_logdet_restores_the_estimator_settings(calls: TrainingCalls) -> None:
 
 def test_cost_on_linear_flow(calls: TrainingCalls) -> None:
     out = by_name(CostTask().run(context(lambda **kw: LinearFlow((D,), **kw), CostTask, batch=64)))
-    assert set(out) == {"forward_throughput", "inverse_throughput", "train_memory_bytes"}
+    assert set(out) == {"forward_throughput", "inverse_throughput", "train_memory_bytes", "params", "flops_forward",
+                        "flops_inverse"}
+    assert out["params"].value == D * D + D and out["params"].unit == "parameters" and out["params"].direction is None
+    # z = x W^T + b: 2 D^2 FLOPs per example (the bias add and slogdet count zero; the inverse is a solve: zero)
+    assert out["flops_forward"].value == 2 * D * D and out["flops_inverse"].value == 0
+    assert out["flops_forward"].unit == "FLOPs/example" and out["flops_forward"].direction == "down"
+    assert out["flops_forward"].extra["batch"] == 64 and out["flops_inverse"].extra["iterations"] == 0
     fwd, inv, mem = out["forward_throughput"].value, out["inverse_throughput"].value, out["train_memory_bytes"].value
     assert fwd is not None and inv is not None and mem is not None and fwd > 0 and inv > 0
     assert out["forward_throughput"].unit == "examples/s" and out["forward_throughput"].direction == "up"
@@ -185,3 +203,16 @@ def test_cost_memory_against_depth_for_a_memory_saving_model(calls: TrainingCall
     assert ratio is not None and ratio < 1.5  # reconstructing activations: memory does not grow with depth
     assert curve["bytes_ordinary"][1] > 2.5 * curve["bytes_ordinary"][0]  # ordinary backprop grows with depth
     assert out["train_memory_bytes"].extra["bytes_ordinary"] > (out["train_memory_bytes"].value or 0)
+
+
+def test_cost_counts_the_estimator_forward_and_every_inverse_iteration(calls: TrainingCalls) -> None:
+    terms, probes = 3, 2
+    out = by_name(CostTask().run(context(lambda **kw: SeriesResidual((D,), terms=terms, probes=probes, **kw),
+                                         CostTask, batch=16)))
+    fwd, inv = out["flops_forward"], out["flops_inverse"]
+    # x W^T for z and for J_g, then one (D x D) @ (D x probes) product per series term
+    assert fwd.value == 2 * 2 * D * D + terms * 2 * D * D * probes
+    assert fwd.extra["grad_mode"] == "grad" and fwd.extra["estimator"]["terms"] == terms
+    iterations = inv.extra["iterations"]
+    assert iterations > 3 and inv.value == iterations * 2 * D * D
+    assert out["params"].value == D * D + D

@@ -11,6 +11,14 @@
   backward (``bench.memory.saved_tensor_bytes``, deterministic); on CUDA the peak allocation of forward
   plus backward above what was allocated before (``torch.cuda.max_memory_allocated``). Memory-saving
   models are measured with memory saving on; ``extra`` holds the ordinary-backprop figure beside it.
+- ``params``: trainable parameters of the model (the capacity figure beside the costs).
+- ``flops_forward``, ``flops_inverse``: FLOPs per example of one full forward (z and log-det, in the grad mode of
+  ``forward_throughput``: an estimator's vector-Jacobian products are counted) and of one inverse (every
+  iteration of a fixed-point inverse; ``extra["iterations"]``), on the same test batch, counted by
+  :mod:`bench.flops` (``torch.utils.flop_counter.FlopCounterMode``). Matrix products and convolutions only:
+  splines, activations, slogdet and solves count zero (``extra["counts"]``). Deterministic for a given model and
+  batch, except for a Russian-roulette log-det, whose forward count is one draw of its random number of terms
+  (``extra["estimator"]``).
 - ``memory_depth_ratio`` (memory-saving models whose config has ``depth``): saved bytes at the largest
   depth over the smallest (option ``depths``, default 2, 4, 8; fresh ``ctx.make_model(depth=d)`` each,
   memory saving on), with the whole curve in both modes in ``extra``: activation memory independent of
@@ -28,9 +36,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from bench.flops import flop_extra, flops_per_example, trainable_parameters
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.measure import (
+    GradMode,
     GradOption,
     eval_inputs,
     failed_metrics,
@@ -48,9 +58,14 @@ FORWARD = MetricSpec("forward_throughput", "examples/s", "up", "examples per sec
 INVERSE = MetricSpec("inverse_throughput", "examples/s", "up", "examples per second of the inverse")
 MEMORY = MetricSpec("train_memory_bytes", "bytes", "down",
                     "memory of one training step (CPU: bytes saved for backward; CUDA: peak allocation)")
+PARAMS = MetricSpec("params", "parameters", None, "trainable parameters of the model")
+FLOPS_FORWARD = MetricSpec("flops_forward", "FLOPs/example", "down",
+                           "FLOPs of one full forward (z, log-det) per example; matrix products and convolutions only")
+FLOPS_INVERSE = MetricSpec("flops_inverse", "FLOPs/example", "down",
+                           "FLOPs of one inverse per example (every iteration); matrix products and convolutions only")
 DEPTH = MetricSpec("memory_depth_ratio", "ratio", "down",
                    "training-step memory at the largest depth over the smallest (memory-saving models)")
-SPECS: tuple[MetricSpec, ...] = (FORWARD, INVERSE, MEMORY, DEPTH)
+SPECS: tuple[MetricSpec, ...] = (FORWARD, INVERSE, MEMORY, PARAMS, FLOPS_FORWARD, FLOPS_INVERSE, DEPTH)
 
 
 @dataclass(frozen=True)
@@ -120,7 +135,7 @@ class CostTask(Task):
         opts = options_of(ctx, CostOptions)
         model, result = measured_model(ctx, objective=opts.objective)
         caps = model.capabilities
-        specs = SPECS if caps.memory_saving else SPECS[:-1]
+        specs = SPECS if caps.memory_saving else tuple(s for s in SPECS if s is not DEPTH)
         if result.diverged:
             return failed_metrics(specs, "diverged", "training diverged")
         model.eval()
@@ -158,9 +173,34 @@ class CostTask(Task):
         if caps.memory_saving:
             mem_extra.update(memory_saving=True, bytes_ordinary=_bytes(ordinary))
         metrics.append(MEMORY(float(_bytes(mem)), extra=mem_extra))
+        metrics.extend(self._capacity(model, x, z, mode, inv_mode))
         if caps.memory_saving:
             metrics.append(self._depth_curve(ctx, opts, xb, yb))
         return metrics
+
+    @staticmethod
+    def _capacity(model: InvertibleModel, x: Tensor, z: Tensor, mode: GradMode, inv_mode: GradMode) -> list[Metric]:
+        """``params``, ``flops_forward`` and ``flops_inverse`` of ``model`` on ``x`` (B, *shape) and ``z = f(x)``."""
+        n = int(x.shape[0])
+
+        def forward() -> None:
+            with grad_context(mode):
+                model(x)
+
+        def inverse() -> None:
+            with grad_context(inv_mode):
+                model.invert(z)
+
+        fwd = flops_per_example(forward, n)
+        inv = flops_per_example(inverse, n)
+        estimator = model.estimator_settings()
+        fwd_extra = flop_extra(n, grad_mode=mode, what="forward (z and log-det)")
+        if estimator is not None:
+            fwd_extra["estimator"] = estimator.as_dict()
+        info = model.last_inverse
+        inv_extra = flop_extra(n, grad_mode=inv_mode, iterations=int(info.iterations), converged=bool(info.converged))
+        return [PARAMS(float(trainable_parameters(model))), FLOPS_FORWARD(fwd, extra=fwd_extra),
+                FLOPS_INVERSE(inv, extra=inv_extra)]
 
     @staticmethod
     def _train_batch(ctx: TaskContext, opts: CostOptions) -> tuple[Tensor, Tensor | None]:

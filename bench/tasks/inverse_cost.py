@@ -15,6 +15,12 @@ under ``torch.no_grad()`` unless the forward computes a log-det estimate (autogr
 enabled (option ``grad``). Where the unit is ``encode``,
 ``extra["fwd_units_full_forward"]`` also gives the ratio against the full ``forward`` (z and log-det).
 
+``inverse_flop_units``: FLOPs of the inverse over FLOPs of the forward unit, on the same batch in the same grad
+mode, counted by :mod:`bench.flops` (``torch.utils.flop_counter.FlopCounterMode``; every iteration of a
+fixed-point inverse counted): the deterministic, hardware-independent companion of the timed ratio. It counts
+matrix products and convolutions only (splines, activations, slogdet and solves count zero), so a model whose
+forward unit has none gets an ``unsupported`` row. ``extra`` holds both counts per example.
+
 The curve sets the cap through the model's :class:`models.base.InverseSettings` (``inverse_settings()`` /
 ``configure_inverse``, restored afterwards); an iterative inverse without them gets its residual history only.
 The options are :class:`InverseCostOptions`.
@@ -32,6 +38,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from bench.flops import flop_extra, flops_per_example
 from bench.lipschitz import has_latent_map, latent_map
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
@@ -56,7 +63,9 @@ FWD_UNITS = MetricSpec("inverse_fwd_units", "fwd passes", "down",
 ITERS = MetricSpec("inverse_iters", "iterations", "down", "iterations the inverse used (max over blocks; 0: analytic)")
 RECON = MetricSpec("recon_err", "max abs error", "down",
                    "max |f^-1(f(x)) - x| on test data in float32 (extra: the error/cost curve of iterative inverses)")
-SPECS: tuple[MetricSpec, ...] = (FWD_UNITS, ITERS, RECON)
+FLOP_UNITS = MetricSpec("inverse_flop_units", "fwd FLOPs", "down",
+                        "FLOPs(inverse) / FLOPs(forward unit), matrix products and convolutions only")
+SPECS: tuple[MetricSpec, ...] = (FWD_UNITS, ITERS, RECON, FLOP_UNITS)
 
 
 @dataclass(frozen=True)
@@ -148,7 +157,20 @@ class InverseCostTask(Task):
             ITERS(float(info.iterations), status=status,
                   extra={**common, "per_block": list(info.per_block), "residual": info.residual}),
             RECON(float(err.max()), status=status, extra={**common, "median": float(err.median()), **curve}),
+            self._flop_units(inverse, forward, int(x.shape[0]), status, common),
         ]
+
+    @staticmethod
+    def _flop_units(inverse: Callable[[], None], forward: Callable[[], None], n: int, status: str,
+                    common: dict[str, Any]) -> Metric:
+        """FLOPs of ``inverse()`` over FLOPs of ``forward()`` (the timed pair), each on the batch of ``n``."""
+        inv = flops_per_example(inverse, n)
+        fwd = flops_per_example(forward, n)
+        extra = {**common, **flop_extra(n, flops_inverse=inv, flops_forward_unit=fwd)}
+        if fwd == 0:
+            return FLOP_UNITS(None, status="unsupported",
+                              extra={**extra, "reason": "the forward unit counts no matrix products or convolutions"})
+        return FLOP_UNITS(inv / fwd, status=status, extra=extra)
 
     @staticmethod
     def _curve(model: InvertibleModel, x: Tensor, info: InverseInfo, mode: GradMode, inverse: Callable[[], None],
