@@ -309,6 +309,8 @@ class InvertibleModel(nn.Module, ABC):
     roundtrip_tol: ClassVar[float] = 1e-8
     #: Tolerance of ladj against the exact slogdet (exact models) in float64.
     logdet_tol: ClassVar[float] = 1e-6
+    #: the integer hyper-parameter that sets the model's width (a suite's ``match_params`` scales it), or None
+    width_hparam: ClassVar[str | None] = None
     #: The model is fitted in closed form by :meth:`fit_closed_form` on the whole training set instead of by
     #: gradient steps; training loops call that once and take no optimiser step.
     closed_form_fit: ClassVar[bool] = False

@@ -180,6 +180,7 @@ class NiceFreia(_FreiaFlow):
     """
 
     family = "nice"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
@@ -218,6 +219,7 @@ class RealNVPFreia(_FreiaFlow):
     """
 
     family = "realnvp"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
@@ -258,6 +260,7 @@ class GlowFreia(_FreiaFlow):
     """
 
     family = "glow"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,

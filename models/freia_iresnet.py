@@ -83,6 +83,7 @@ class IResNetFreia(InvertibleModel):
     """
 
     family = "iresnet"
+    width_hparam = "hidden"
     backend = "freia"
     capabilities = Capabilities(density=True, logdet="estimator", inverse="iterative", inputs=("vector", "image"))
     #: the fixed-point inverse stops after a fixed count; 1e-6 is what 50 iterations reach for c = 0.8 per layer

@@ -407,6 +407,7 @@ class IResNetNative(ResidualFlow):
     defaults of :class:`ResidualFlow`."""
 
     family = "iresnet"
+    width_hparam = "hidden"
 
 
 class ResFlowNative(ResidualFlow):
@@ -414,6 +415,7 @@ class ResFlowNative(ResidualFlow):
     Neumann gradient, ``c = 0.98``. Arguments as :class:`ResidualFlow`, with these defaults."""
 
     family = "resflow"
+    width_hparam = "hidden"
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
                  hidden_layers: int = 2, coeff: float = 0.98, activation: str = "lipswish", actnorm: bool = True,

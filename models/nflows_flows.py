@@ -153,6 +153,7 @@ class NiceNflows(_NflowsFlow):
     """
 
     family = "nice"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 8, hidden: int = 64,
@@ -188,6 +189,7 @@ class RealNVPNflows(_NflowsFlow):
     """
 
     family = "realnvp"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 8, hidden: int = 64,
@@ -221,6 +223,7 @@ class MAFNflows(_NflowsFlow):
     """
 
     family = "maf"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 5, hidden: int = 64,
@@ -260,6 +263,7 @@ class NSFNflows(_NflowsFlow):
     """
 
     family = "nsf"
+    width_hparam = "hidden"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", inputs=("vector", "image"))
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
