@@ -81,6 +81,7 @@ class RevNetNative(InvertibleModel):
     """
 
     family = "revnet"
+    width_hparam = "hidden"
     backend = "native"
     capabilities = Capabilities(density=True, logdet="exact", inverse="analytic", classifier=True,
                                 memory_saving=True, inputs=("vector", "image"), volume_preserving=True)
