@@ -1,8 +1,10 @@
-"""The native RevNet (Gomez et al., NeurIPS 2017): invertibility, zero log-det, memory-saving backprop."""
+"""The native RevNet (Gomez et al., NeurIPS 2017): invertibility, NICE's scaling and the volume-preserving floor
+without it, memory-saving backprop."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -10,8 +12,10 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from bench.memory import peak_rss_of_fresh_process, saved_tensor_bytes
+from bench.units import bits_per_dim
 from models import registry
 from models.jacobian import jacobian_slogdet
+from models.loss import training_loss
 from models.reversible import AdditiveCouplingBlock, ReversibleLayer, Squeeze
 from models.revnet import ConvResidual, MLPResidual, RevNetNative
 
@@ -38,12 +42,16 @@ def _loss(model: RevNetNative, x: Tensor, kind: str) -> Tensor:
 def test_registry_builds_revnet() -> None:
     model = registry.create("revnet-native", shape=(6,), depth=2)
     assert isinstance(model, RevNetNative)
-    assert model.capabilities.memory_saving and model.capabilities.volume_preserving
+    assert model.capabilities.memory_saving and not model.capabilities.volume_preserving
+    assert model.config()["scaling"] is True and model.log_scale is not None and model.nll_floor() is None
 
 
+@pytest.mark.parametrize("scaling", [True, False])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_roundtrip_float64(shape: tuple[int, ...]) -> None:
-    model = _model(shape).eval()
+def test_roundtrip_float64(shape: tuple[int, ...], scaling: bool) -> None:
+    model = _model(shape, scaling=scaling).eval()
+    if model.log_scale is not None:
+        model.log_scale.data.normal_(0.0, 0.5)
     x = _x(shape)
     with torch.no_grad():
         z, _ = model(x)
@@ -54,8 +62,8 @@ def test_roundtrip_float64(shape: tuple[int, ...]) -> None:
 
 
 @pytest.mark.parametrize("shape", [(4,), (1, 4, 4)])
-def test_ladj_is_exactly_zero_and_matches_slogdet(shape: tuple[int, ...]) -> None:
-    model = _model(shape)
+def test_ladj_is_exactly_zero_without_scaling_and_matches_slogdet(shape: tuple[int, ...]) -> None:
+    model = _model(shape, scaling=False)
     x = _x(shape, n=3)
     z, ladj = model(x)
     assert ladj.shape == (3,) and ladj.dtype == torch.float64
@@ -64,6 +72,68 @@ def test_ladj_is_exactly_zero_and_matches_slogdet(shape: tuple[int, ...]) -> Non
     assert float(exact.abs().max()) < 1e-10
     assert torch.allclose(model.log_prob(x), -0.5 * (z.reshape(3, -1) ** 2).sum(1)
                           - 0.5 * model.dim * torch.log(torch.tensor(2 * torch.pi, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("shape", [(4,), (1, 4, 4)])
+def test_scaling_ladj_is_the_sum_of_log_scales_and_matches_slogdet(shape: tuple[int, ...]) -> None:
+    """NICE's top scaling layer (Dinh et al., sec. 3.3): ladj = sum(s), the autograd Jacobian's slogdet."""
+    model = _model(shape)
+    assert model.log_scale is not None
+    model.log_scale.data.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(4))
+    x = _x(shape, n=3)
+    z, ladj = model(x)
+    expected = model.log_scale.detach().sum().expand(3)
+    assert float(expected.abs().max()) > 0.1
+    assert torch.equal(ladj, expected)
+    exact = jacobian_slogdet(lambda v: model(v)[0], x)
+    assert torch.allclose(ladj, exact, atol=1e-10)
+    unscaled = _model(shape, scaling=False)
+    unscaled.load_state_dict({k: v for k, v in model.state_dict().items() if k != "log_scale"})
+    with torch.no_grad():
+        assert torch.allclose(z, unscaled(x)[0] * model.log_scale.exp(), atol=1e-12)
+        assert torch.equal(model.logits(x), unscaled.logits(x))  # the head reads the unscaled trunk
+
+
+def test_data_init_standardises_the_latent() -> None:
+    model = _model((6,))
+    x = 0.01 * _x((6,), n=256) + 2.0
+    model.data_init(x)
+    with torch.no_grad():
+        z, _ = model(x)
+    assert torch.allclose(z.std(0), torch.ones(6, dtype=torch.float64), atol=1e-10)
+
+
+def test_nll_floor_figures() -> None:
+    """(D/2) ln(2 pi) nats; in bits/dim log2(L) + log2(2 pi) / 2: 5.413 on 17-level digits, 9.326 on 8-bit data."""
+    floor = _model((64,), scaling=False).nll_floor()
+    assert floor is not None and floor == pytest.approx(32 * math.log(2 * math.pi))
+    assert float(bits_per_dim(floor, 64, 17)) == pytest.approx(5.4132, abs=1e-4)
+    assert float(bits_per_dim(floor, 64, 256)) == pytest.approx(9.3257, abs=1e-4)
+
+
+def _short_fit(scaling: bool) -> tuple[float, float]:
+    """Held-out NLL (nats) and the floor (D/2) ln(2 pi) after 150 Adam steps on N(0, 0.05^2 I) data in D = 4,
+    from log-scales 0 (no data_init: the scaling starts as the identity)."""
+    model = _model((4,), scaling=scaling)
+    g = torch.Generator().manual_seed(5)
+    train, test = (0.05 * torch.randn(n, 4, generator=g, dtype=torch.float64) for n in (512, 512))
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(150):
+        opt.zero_grad()
+        training_loss(model, train).backward()
+        opt.step()
+    with torch.no_grad():
+        nll = float(-model.eval().log_prob(test).mean())
+    return nll, 0.5 * 4 * math.log(2 * math.pi)
+
+
+def test_scaling_goes_below_the_volume_preserving_floor_on_small_scale_data() -> None:
+    """N(0, 0.05^2 I) in D = 4 has entropy 2 ln(2 pi e 0.0025) = -6.3 nats, far below the floor of 3.68: the
+    scaled model gets below the floor in a short fit; without the scaling the NLL stays above it."""
+    scaled, floor = _short_fit(scaling=True)
+    plain, _ = _short_fit(scaling=False)
+    assert scaled < floor - 1.0, (scaled, floor)
+    assert plain >= floor, (plain, floor)
 
 
 @pytest.mark.parametrize("memory_saving", [True, False])
@@ -75,9 +145,12 @@ def test_gradients_reach_every_parameter(shape: tuple[int, ...], memory_saving: 
     head = dict(model.head.named_parameters())
     assert trunk and head
 
+    assert model.log_scale is not None
+    scale = {"log_scale": model.log_scale}
+
     model.zero_grad()
     _loss(model, x, "log_prob").backward()
-    for name, p in trunk.items():
+    for name, p in {**trunk, **scale}.items():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().sum()) > 0, name
     for name, p in head.items():
         assert p.grad is None, f"log_prob does not involve the head, yet {name} got a gradient"
@@ -86,6 +159,7 @@ def test_gradients_reach_every_parameter(shape: tuple[int, ...], memory_saving: 
     _loss(model, x, "logits").backward()
     for name, p in {**trunk, **head}.items():
         assert p.grad is not None and bool(torch.isfinite(p.grad).all()) and float(p.grad.abs().sum()) > 0, name
+    assert model.log_scale.grad is None, "the logits do not involve the scaling"
 
 
 @pytest.mark.parametrize("kind", ["log_prob", "logits"])
@@ -93,6 +167,7 @@ def test_gradients_reach_every_parameter(shape: tuple[int, ...], memory_saving: 
 def test_memory_saving_gradients_equal_ordinary_backprop(shape: tuple[int, ...], kind: str) -> None:
     model = _model(shape, depth=4)
     x = _x(shape, n=6).requires_grad_(True)
+    names = ["x", *(n for n, _ in model.named_parameters())]
     params = list(model.parameters())
     grads = {}
     for mode in (True, False):
@@ -102,8 +177,8 @@ def test_memory_saving_gradients_equal_ordinary_backprop(shape: tuple[int, ...],
         assert uses_function == mode, type(out.grad_fn).__name__
         grads[mode] = torch.autograd.grad(_loss(model, x, kind), [x, *params], allow_unused=True)
     for i, (a, b) in enumerate(zip(grads[True], grads[False], strict=True)):
-        if b is None:  # the head under log_prob
-            assert a is None and kind == "log_prob", i
+        if b is None:  # the head under log_prob, the scaling under logits
+            assert a is None and (kind == "log_prob") == names[i].startswith("head."), names[i]
             continue
         assert a is not None
         rel = float((a - b).norm() / b.norm().clamp_min(1e-300))
@@ -114,8 +189,9 @@ def test_memory_saving_backward_without_input_grad_and_repeated() -> None:
     model = _model((1, 4, 4))
     x = _x((1, 4, 4))
     loss = _loss(model, x, "logits")
-    g1 = torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
-    g2 = torch.autograd.grad(loss, list(model.parameters()))
+    used = [p for n, p in model.named_parameters() if n != "log_scale"]  # the logits do not use the scaling
+    g1 = torch.autograd.grad(loss, used, retain_graph=True)
+    g2 = torch.autograd.grad(loss, used)
     for a, b in zip(g1, g2, strict=True):
         assert torch.equal(a, b)
 
