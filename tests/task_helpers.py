@@ -156,6 +156,52 @@ class GradScaledLinear(LinearFlow):
         return z.reshape(x.shape), torch.linalg.slogdet(w)[1].expand(x.shape[0])
 
 
+class BiasedEstimatorFlow(LinearFlow):
+    """A LinearFlow that declares a log-det *estimator* whose estimate is ``log|det W| + bias``: biased high by
+    construction, so its estimated NLL is the exact one minus ``bias`` and training drives the loss ``bias`` nats
+    below what the model truly assigns (a model exploiting its estimator's bias). ``z`` is exact, so the exact
+    autograd log-det of the likelihood task sees through it."""
+
+    capabilities = Capabilities(density=True, logdet="estimator", inverse="analytic", inputs=("vector",))
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, bias: float = 1.0, terms: int = 3,
+                 seed: int = 0) -> None:
+        super().__init__(shape, num_classes, seed=seed)
+        self._hparams.update(bias=bias, terms=terms)
+        self.bias_nats = bias
+        self.settings = EstimatorSettings(method="series", terms=terms)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, ladj = super().forward(x)
+        return z, ladj + self.bias_nats
+
+    def estimator_settings(self) -> EstimatorSettings:
+        return self.settings
+
+    def configure_estimator(self, settings: EstimatorSettings) -> None:
+        refuse_changes(self.settings, settings, ("terms", "exact_terms", "probes"), "BiasedEstimatorFlow")
+        self.settings = settings
+        self._hparams.update(terms=settings.terms)
+
+
+class ClosedFormGaussian(LinearFlow):
+    """A full-covariance Gaussian fitted in closed form (``closed_form_fit``): ``z = L^-1 (x - mu)`` with
+    ``L L^T`` the sample covariance of the training set; the baseline ``"gaussian"``. ``x``: (B, D)."""
+
+    closed_form_fit = True
+    baseline = "gaussian"
+
+    def fit_closed_form(self, y: Tensor) -> None:
+        """``y``: (N, D) the whole pre-processed training set."""
+        flat = y.reshape(y.shape[0], -1).double()
+        mu = flat.mean(0)
+        chol = torch.linalg.cholesky(torch.cov(flat.T).reshape(self.dim, self.dim))
+        w = torch.linalg.inv(chol)
+        with torch.no_grad():
+            self.weight.copy_(w.to(self.weight.dtype))
+            self.bias.copy_((-(w @ mu)).to(self.bias.dtype))
+
+
 # ----------------------------------------------------------------------------------------------- harness
 
 

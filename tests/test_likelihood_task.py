@@ -86,16 +86,21 @@ def test_linear_flow_reaches_zero_kl_gap_on_gaussian() -> None:
 
 def test_metric_names_units_and_directions() -> None:
     dataset, _ = gaussian_dataset(2, n=500)
-    metrics = LikelihoodTask().run(make_ctx(lambda: LinearFlow((2,)), dataset, Budget(steps=5, batch_size=64)))
+    ctx = make_ctx(lambda: LinearFlow((2,)), dataset, Budget(steps=5, batch_size=64))
+    ctx.targets = {"kl_gap": 100.0}
+    metrics = LikelihoodTask().run(ctx)
     units = {m.name: (m.unit, m.direction, m.status) for m in metrics}
     assert units == {
         "test_nll": ("nats", "down", "ok"), "test_bpd": ("bits/dim", "down", "ok"), "kl_gap": ("nats", "down", "ok"),
+        "eval_time": ("s", None, "ok"), "time_to_target": ("s", "down", "ok"),
         "train_time": ("s", None, "ok"), "train_steps": ("steps", None, "ok"),
     }
     specs = {spec.name: (spec.unit, spec.direction, "ok") for spec in LikelihoodTask.metric_specs}
-    assert specs == units and all(spec.help for spec in LikelihoodTask.metric_specs)
+    # estimator_gap: for log-det estimator models only
+    assert specs == {**units, "estimator_gap": ("nats", "zero", "ok")}
+    assert all(spec.help for spec in LikelihoodTask.metric_specs)
     assert LikelihoodTask.trains_model
-    assert all((m.input, m.variant, m.settings) == ("", "", {}) for m in metrics)
+    assert all((m.input, m.variant, m.settings) == ("", "", {}) for m in metrics if m.name != "time_to_target")
     m = by_name(metrics)
     assert m["test_bpd"].value == pytest.approx(m["test_nll"].value / (2 * math.log(2)))  # type: ignore[operator]
     assert m["train_steps"].value == 5
@@ -220,7 +225,8 @@ def test_estimator_model_scored_with_exact_logdet_at_small_dim() -> None:
         holder.append(ResidualToy((2,)))
         return holder[-1]
 
-    metrics = by_name(LikelihoodTask().run(make_ctx(make, dataset, Budget(steps=5, batch_size=64))))
+    # curve_evals = 0: only the final scoring configures the estimator
+    metrics = by_name(LikelihoodTask().run(make_ctx(make, dataset, Budget(steps=5, batch_size=64), curve_evals=0)))
     nll = metrics["test_nll"]
     assert nll.extra["logdet_eval"] == "exact"
     model = holder[-1]
@@ -243,7 +249,7 @@ def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> N
         holder.append(ResidualToy((2,), terms=2))
         return holder[-1]
 
-    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0)
+    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0, curve_evals=0)
     nll = by_name(LikelihoodTask().run(ctx))["test_nll"]
     model = holder[-1]
     assert nll.extra["logdet_eval"] == "estimator"
@@ -254,7 +260,8 @@ def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> N
         expected = -model.log_prob(dataset.test_x).mean() + 0.5 - 1.0 / used["terms"]
     assert nll.value == pytest.approx(float(expected), abs=1e-4)
     # option eval_estimator: these settings instead
-    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0, eval_estimator={"terms": 7})
+    ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0, eval_estimator={"terms": 7},
+                   curve_evals=0)
     nll = by_name(LikelihoodTask().run(ctx))["test_nll"]
     model = holder[-1]
     assert nll.extra["eval_estimator_settings"] == {"terms": 7} and model.configured == [7, 2]

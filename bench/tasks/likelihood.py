@@ -11,6 +11,23 @@ Log-det estimator models (i-ResNet, Residual Flow) are scored with the exact log
 in chunks of :data:`JACOBIAN_ROWS` rows); above it, with their estimator at high precision (option
 ``eval_estimator``, or more terms and probes than trained with), restored afterwards.
 ``Metric.extra["logdet_eval"]`` says which. The options are :class:`LikelihoodOptions`.
+
+Learning curve (:mod:`bench.tasks.curves`): during training the model is scored on the first ``curve_points``
+test points (the fixed dequantisation of draw 0) with the same plan as the final scoring, at most
+``curve_evals`` times; the curve's metric is ``kl_gap`` where the data set knows its entropy, else ``test_bpd``.
+``eval_time`` carries it; ``time_to_target`` is read off it for the data set's targets on ``test_nll``,
+``test_bpd`` or ``kl_gap`` (each value is a function of the subset's NLL).
+
+Estimator honesty: for log-det estimator models ``estimator_gap`` is the mean over the test examples of the NLL
+with the training-time estimator (the settings the model trained with) minus the NLL of the final scoring (exact,
+or the high-precision estimator above ``exact_max_dim``, as ``extra["reference"]`` says), on the same points.
+Where the data's entropy ``H`` is known, ``test_nll``'s extra says whether the final training loss is below ``H``
+beyond noise: ``train_loss_margin = final_loss - H``, ``train_loss_noise = 3 * TrainResult.final_loss_stderr``
+(three standard errors of the last window's mean batch loss) and ``train_loss_below_entropy = margin < -noise``
+(False where no noise estimate exists: fewer than 2 steps). No true NLL of the training data can lie below the
+entropy by more than sampling noise, so a True flags a model that exploits its estimator's bias.
+
+Baselines (``model.baseline`` set, e.g. ``"gaussian"``) have ``extra["baseline"]`` on every row.
 """
 
 from __future__ import annotations
@@ -18,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -28,6 +45,7 @@ from torch import Tensor
 from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, near, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext, save_artifact
+from bench.tasks.curves import CURVE_SPECS, Curve, CurveRequest, curve_metrics
 from bench.tasks.measure import estimator_settings
 from bench.tasks.training import (
     TRAIN_SPECS,
@@ -67,6 +85,10 @@ class LikelihoodOptions(Options):
     eval_batch_size: int = field(default=512, metadata=opt("test examples per evaluation batch", min=1))
     artifacts: bool = field(default=True, metadata=opt(
         "save the density grid (2-D data) or 64 samples (images) as an artifact"))
+    curve_points: int = field(default=512, metadata=opt(
+        "test points (the first ones, fixed dequantisation) the learning curve is scored on", min=1))
+    curve_evals: int = field(default=12, metadata=opt(
+        "most learning-curve evaluations (step 0, log-spaced steps, the final step); 0: no curve", min=0))
 
     def __post_init__(self) -> None:
         known = [f.name for f in dataclasses.fields(EstimatorSettings)]
@@ -82,6 +104,9 @@ TEST_BPD = MetricSpec("test_bpd", "bits/dim", "down",
 KL_GAP = MetricSpec("kl_gap", "nats", "down",
                     "test NLL minus the data's differential entropy: an estimate of KL(p_data || p_model), floor 0")
 DENSITY_SPECS = (TEST_NLL, TEST_BPD, KL_GAP)
+ESTIMATOR_GAP = MetricSpec("estimator_gap", "nats", "zero",
+                           "log-det estimator models: test NLL with the training-time estimator minus the exact "
+                           "(or high-precision) NLL on the same points, nats per example")
 
 
 def high_precision_settings(trained: EstimatorSettings) -> EstimatorSettings:
@@ -241,6 +266,100 @@ def _artifact(ctx: TaskContext, model: InvertibleModel, plan: ScoringPlan) -> di
             "samples_finite_fraction": float(torch.isfinite(samples).reshape(NUM_SAMPLES, -1).all(1).float().mean())}
 
 
+def curve_metric(dataset: Dataset) -> str:
+    """The learning curve's metric: ``kl_gap`` where the entropy is known, else ``test_bpd``."""
+    return "kl_gap" if dataset.entropy is not None else "test_bpd"
+
+
+def density_values(dataset: Dataset, nll: float) -> dict[str, float]:
+    """``test_nll``, ``test_bpd`` and (entropy known) ``kl_gap`` of a mean NLL in nats per example."""
+    out = {"test_nll": nll, "test_bpd": float(bits_per_dim(nll, dataset.dim, dataset.levels))}
+    if dataset.entropy is not None:
+        out["kl_gap"] = nll - dataset.entropy
+    return out
+
+
+def nll_of(dataset: Dataset, metric: str, value: float) -> float:
+    """The mean NLL (nats per example) whose ``metric`` (``kl_gap`` or ``test_bpd``) is ``value``."""
+    if metric == "kl_gap":
+        assert dataset.entropy is not None
+        return value + dataset.entropy
+    if metric == "test_bpd":
+        return value * dataset.dim * math.log(2) - (0.0 if dataset.levels is None else dataset.dim
+                                                    * math.log(dataset.levels))
+    raise ValueError(f"not a curve metric of the likelihood task: {metric!r}")
+
+
+def likelihood_curve(ctx: TaskContext, options: LikelihoodOptions) -> CurveRequest | None:
+    """The learning curve the task asks training for: the curve metric of the first ``options.curve_points``
+    test points (draw 0 of :func:`bench.tasks.training.fixed_test_x`), scored as the final scoring is
+    (:func:`logdet_plan`, :func:`log_likelihood`); None when ``options.curve_evals`` is 0."""
+    if options.curve_evals == 0:
+        return None
+    dataset, device = ctx.dataset, ctx.device
+    x = fixed_test_x(dataset, ctx.seed)[:options.curve_points]
+    metric = curve_metric(dataset)
+
+    def evaluate(model: InvertibleModel) -> float:
+        plan = logdet_plan(model, dataset.dim, options)
+        with plan_applied(model, plan):
+            logp = log_likelihood(model, dataset, x, device, plan, options.eval_batch_size)
+        return density_values(dataset, float(-logp.double().mean()))[metric]
+
+    settings = {"points": int(x.shape[0]), "exact_max_dim": options.exact_max_dim,
+                "eval_estimator": options.eval_estimator}
+    return CurveRequest(metric, evaluate, options.curve_evals, settings)
+
+
+def likelihood_curve_rows(ctx: TaskContext, curve: Curve | None) -> list[Metric]:
+    """``eval_time`` and ``time_to_target`` (targets on ``test_nll``, ``test_bpd``, ``kl_gap``) of the curve."""
+    dataset = ctx.dataset
+    metric = curve_metric(dataset)
+    specs = {spec.name: spec for spec in DENSITY_SPECS}
+
+    def judge(name: str) -> tuple[MetricSpec, Callable[[float], float]]:
+        if name == metric:
+            return specs[name], lambda v: v
+        return specs[name], lambda v: density_values(dataset, nll_of(dataset, metric, v))[name]
+
+    judged = {name: judge(name) for name in density_values(dataset, 0.0)}
+    return curve_metrics(curve, metric, ctx.targets, judged)
+
+
+def estimator_gap(model: InvertibleModel, ctx: TaskContext, options: LikelihoodOptions, reference: Tensor,
+                  plan: ScoringPlan) -> Metric:
+    """``estimator_gap``: the test NLL per example with the model's training-time estimator (its own settings,
+    under :func:`bench.tasks.training.evaluation_grad_mode`) minus ``reference`` (N,), the NLL of the final
+    scoring ``plan`` on the same points (same dequantisation draws); mean over examples, its stderr in extra."""
+    trained = model.estimator_settings()
+    assert trained is not None  # logdet_plan has checked it
+    own = ScoringPlan("estimator", "model", None, trained)  # settings None: the model's own, nothing configured
+    with plan_applied(model, own):
+        nll = test_nll_per_example(model, ctx.dataset, ctx.device, ctx.seed, own, options.eval_draws,
+                                   options.eval_batch_size)
+    gap = nll - reference
+    extra: dict[str, Any] = {"reference": plan.logdet_eval, "trained_settings": trained.as_dict(),
+                             "n_test": gap.numel()}
+    if not bool(torch.isfinite(gap).all()):
+        extra.update(reason="non-finite estimator log-likelihood",
+                     nonfinite_fraction=float((~torch.isfinite(gap)).double().mean()))
+        return ESTIMATOR_GAP(None, status="diverged", extra=extra)
+    extra["stderr"] = float(gap.std() / math.sqrt(gap.numel())) if gap.numel() > 1 else math.nan
+    extra["estimator_nll"] = float(nll.mean())
+    return ESTIMATOR_GAP(float(gap.mean()), extra=extra)
+
+
+def train_loss_check(final_loss: float, stderr: float, entropy: float) -> dict[str, Any]:
+    """``train_loss_below_entropy``, ``train_loss_margin`` (``final_loss - entropy``, nats) and
+    ``train_loss_noise`` (``3 * stderr``); below means ``margin < -noise`` and is False without a noise estimate.
+    Empty when there is no training loss (no step taken)."""
+    if not math.isfinite(final_loss):
+        return {}
+    margin, noise = final_loss - entropy, 3.0 * stderr
+    return {"train_loss_below_entropy": bool(math.isfinite(noise) and margin < -noise),
+            "train_loss_margin": margin, "train_loss_noise": noise}
+
+
 class LikelihoodTask(Task):
     """Test NLL (nats), bits/dim and, for densities with a known entropy, the KL gap after training."""
 
@@ -248,20 +367,30 @@ class LikelihoodTask(Task):
     Options = LikelihoodOptions
     trains_model: ClassVar[bool] = True
     requires_text: ClassVar[str] = "a density model (log_prob) accepting the data set's input kind"
-    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (*DENSITY_SPECS, *TRAIN_SPECS)
+    metric_specs: ClassVar[tuple[MetricSpec, ...]] = (*DENSITY_SPECS, ESTIMATOR_GAP, *CURVE_SPECS, *TRAIN_SPECS)
 
     @classmethod
     def supports(cls, caps: Capabilities, dataset: DatasetInfo) -> bool:
         return caps.density and dataset.kind in caps.inputs
 
     def run(self, ctx: TaskContext) -> list[Metric]:
+        model, rows = self._measure(ctx)
+        if model.baseline is not None:
+            for row in rows:
+                row.extra["baseline"] = model.baseline
+        return rows
+
+    def _measure(self, ctx: TaskContext) -> tuple[InvertibleModel, list[Metric]]:
         dataset = ctx.dataset
         options: LikelihoodOptions = ctx.options
-        model, result = trained_model(ctx, "likelihood")
-        specs = [TEST_NLL, TEST_BPD] + ([KL_GAP] if dataset.entropy is not None else [])
+        model, result = trained_model(ctx, "likelihood", curve=likelihood_curve(ctx, options))
+        tail = [*likelihood_curve_rows(ctx, result.curve), *train_metrics(result)]
+        estimator = model.capabilities.logdet == "estimator"
+        specs = [TEST_NLL, TEST_BPD] + ([KL_GAP] if dataset.entropy is not None else []) \
+            + ([ESTIMATOR_GAP] if estimator else [])
         if result.diverged:
             reason = {"reason": f"training diverged: {result.reason}"}
-            return [*(spec(None, status="diverged", extra=reason) for spec in specs), *train_metrics(result)]
+            return model, [*(spec(None, status="diverged", extra=reason) for spec in specs), *tail]
         plan = logdet_plan(model, dataset.dim, options)
         with plan_applied(model, plan):
             nll = test_nll_per_example(model, dataset, ctx.device, ctx.seed, plan, options.eval_draws,
@@ -270,13 +399,15 @@ class LikelihoodTask(Task):
             if not bool(finite.all()):
                 why: dict[str, Any] = {"reason": "non-finite test log-likelihood",
                                        "nonfinite_fraction": float((~finite).double().mean()), **plan.record()}
-                return [*(spec(None, status="diverged", extra=why) for spec in specs), *train_metrics(result)]
+                return model, [*(spec(None, status="diverged", extra=why) for spec in specs), *tail]
             mean = float(nll.mean())
             stderr = float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else math.nan
             extra: dict[str, Any] = {**plan.record(), "stderr": stderr, "n_test": nll.numel(),
                                      "dequant_draws": options.eval_draws if dataset.levels is not None else 0}
             if options.artifacts:
                 extra.update(_artifact(ctx, model, plan))
+        if dataset.entropy is not None:
+            extra.update(train_loss_check(result.final_loss, result.final_loss_stderr, dataset.entropy))
         bpd_scale = 1.0 / (dataset.dim * math.log(2))
         metrics = [
             TEST_NLL(mean, extra=extra),
@@ -285,4 +416,6 @@ class LikelihoodTask(Task):
         ]
         if dataset.entropy is not None:
             metrics.append(KL_GAP(mean - dataset.entropy, extra={"entropy": dataset.entropy, "stderr": stderr}))
-        return [*metrics, *train_metrics(result)]
+        if estimator:
+            metrics.append(estimator_gap(model, ctx, options, nll, plan))
+        return model, [*metrics, *tail]

@@ -9,11 +9,26 @@ the first step and ``model.after_step`` after every optimiser step; gradient nor
 :data:`CLIP_NORM`; training stops at ``budget.steps`` or ``budget.seconds``, whichever comes first
 (``steps = 0``: ``data_init`` only, the model as initialised). The loss is :func:`models.loss.training_loss`. A
 non-finite loss or gradient norm stops training *before* the update, with ``diverged=True``, so the model keeps
-its last finite parameters.
+its last finite parameters. A model with ``closed_form_fit`` (a baseline such as the fitted Gaussian) is fitted
+once with ``fit_closed_form`` on the whole training set (discrete data dequantised once with the training
+generator, then pre-processed) and takes no optimiser step, whatever the budget (``steps = 0`` included).
+
+Learning curves (:mod:`bench.tasks.curves`): given a :class:`~bench.tasks.curves.CurveRequest`, the loop scores
+the model at step 0 (after ``data_init``), at the geometric steps of :func:`~bench.tasks.curves.eval_steps` and
+at the final step (a closed-form fit: the final point only). The training clock is paused during evaluations
+(the time budget, the cosine schedule and ``TrainResult.seconds`` count training only), and the random state is
+forked around them (``torch.random.fork_rng``), so an evaluation's probes do not change the training: with a
+step budget the trained weights are the same with and without a curve.
 
 :func:`trained_model` is what tasks call: it trains once per (model class and config, data set, seed,
 objective, budget, regulariser) and caches the state dict in ``ctx.checkpoint_dir``, so ``inverse_cost``,
-``stability``, ``logdet`` and ``cost`` measure the model that ``likelihood`` trained.
+``stability``, ``logdet`` and ``cost`` measure the model that ``likelihood`` trained. The curve's identity
+(:meth:`~bench.tasks.curves.CurveRequest.key`) is stored with the checkpoint as its curve key, apart from the
+training key that names the file: a caller without a curve (the measurement tasks) reuses any checkpoint of the
+same training key; a caller with a curve reuses one only when its curve key is equal, and otherwise trains again
+(the same weights under a step budget) and replaces the file. Training tasks run first in their group, so
+``likelihood`` and ``classification`` record their curve and the measurement tasks reuse their checkpoints; a
+measurement task that trains first (no training task in the group) trains without a curve.
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import os
 import re
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +53,7 @@ from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
 from bench.run.rundir import config_hash
 from bench.tasks.base import Budget, Metric, MetricSpec, TaskContext
+from bench.tasks.curves import Curve, CurveRequest, eval_steps
 from models.base import InvertibleModel
 from models.loss import OBJECTIVES, training_loss
 
@@ -45,6 +62,8 @@ Progress = Callable[[int, int, str], None]
 CLIP_NORM = 10.0
 #: The number of points kept in ``TrainResult.history``.
 HISTORY_POINTS = 100
+#: At least this many of the last per-batch losses estimate the spread behind ``TrainResult.final_loss_stderr``.
+NOISE_TAIL = 20
 # no direction: under a time budget every model uses the same seconds; the steps done show the speed
 TRAIN_TIME = MetricSpec("train_time", "s", None, "wall-clock seconds of training, data_init included")
 TRAIN_STEPS = MetricSpec("train_steps", "steps", None, "optimiser steps taken (0: the model as initialised)")
@@ -58,13 +77,18 @@ class TrainResult:
 
     Attributes:
         steps: optimiser steps taken.
-        seconds: wall-clock time of training, ``data_init`` included.
+        seconds: wall-clock time of training, ``data_init`` (or the closed-form fit) included, learning-curve
+            evaluations excluded.
         final_loss: mean loss over the last history window (the non-finite loss itself when diverged; NaN
             when no step was taken).
+        final_loss_stderr: standard error of ``final_loss``: the standard deviation of the last
+            ``max(window, NOISE_TAIL)`` per-batch losses over the square root of the number of losses in the last
+            window (NaN with fewer than 2 steps or when diverged).
         diverged: a loss or gradient norm was non-finite; training stopped before applying it.
         history: mean loss (regulariser penalty included where applied) over consecutive windows of
             ``max(1, budget.steps // 100)`` steps.
         reason: why training stopped early (empty when it ran to ``budget.steps``).
+        curve: the learning curve, when one was requested.
     """
 
     steps: int
@@ -73,6 +97,16 @@ class TrainResult:
     diverged: bool
     history: list[float] = field(default_factory=list)
     reason: str = ""
+    final_loss_stderr: float = math.nan
+    curve: Curve | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainResult:
+        """The inverse of ``dataclasses.asdict`` (as stored in a checkpoint)."""
+        fields = dict(data)
+        if isinstance(fields.get("curve"), dict):
+            fields["curve"] = Curve(**fields["curve"])
+        return cls(**fields)
 
 
 class _Batches:
@@ -140,18 +174,68 @@ def evaluation_grad_mode(model: InvertibleModel) -> contextlib.AbstractContextMa
     return torch.enable_grad() if model.capabilities.logdet == "estimator" else torch.no_grad()
 
 
+class _CurveRecorder:
+    """Evaluates ``request`` with the training clock paused and the random state forked; collects the curve."""
+
+    def __init__(self, model: InvertibleModel, request: CurveRequest | None, device: torch.device,
+                 max_steps: int) -> None:
+        self.model, self.request, self.device = model, request, device
+        self.curve = Curve(request.metric) if request is not None else None
+        self.planned = set(eval_steps(max_steps, request.evals)) if request is not None else set()
+        self.paused = 0.0
+
+    def due(self, step: int) -> bool:
+        return step in self.planned
+
+    def evaluate(self, step: int, seconds: float) -> None:
+        """Score the model after ``step`` steps and ``seconds`` of training (once per step)."""
+        if self.request is None or self.curve is None or (self.curve.step and self.curve.step[-1] == step):
+            return
+        cuda = [self.device] if self.device.type == "cuda" else []
+        if cuda:
+            torch.cuda.synchronize(self.device)  # queued training work is not evaluation time
+        t0 = time.perf_counter()
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.random.fork_rng(devices=cuda):
+                value = float(self.request.evaluate(self.model))
+        finally:
+            self.model.train(was_training)
+        spent = time.perf_counter() - t0
+        self.paused += spent
+        self.curve.eval_seconds += spent
+        self.curve.add(step, seconds, value)
+
+
 def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
          loss_fn: Callable[[Tensor, Tensor, Tensor | None, int], Tensor], labels: Tensor | None,
-         progress: Progress | None, objective: str) -> TrainResult:
+         progress: Progress | None, objective: str, curve: CurveRequest | None = None) -> TrainResult:
     """The loop both objectives share. ``loss_fn(y, ldj, labels_batch, step) -> scalar``.
 
-    With ``budget.steps == 0`` only ``model.data_init`` runs (on the first batch): the model as initialised.
+    With ``budget.steps == 0`` only ``model.data_init`` runs (on the first batch): the model as initialised. A
+    ``closed_form_fit`` model is fitted on the whole training set instead. ``curve``: record a learning curve.
     """
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model.to(device)
     model.train()
     dtype = model_dtype(model)
+    recorder = _CurveRecorder(model, curve, device, budget.steps)
+    start = time.perf_counter()
+
+    def clock() -> float:
+        """Seconds of training so far (evaluations excluded)."""
+        return time.perf_counter() - start - recorder.paused
+
+    if model.closed_form_fit:
+        y, _ = prepare_batch(dataset, dataset.train_x, device, dtype, gen)
+        model.fit_closed_form(y)
+        seconds = clock()
+        model.eval()
+        recorder.evaluate(0, seconds)
+        return TrainResult(steps=0, seconds=seconds, final_loss=math.nan, diverged=False,
+                           reason="fitted in closed form on the whole training set", curve=recorder.curve)
     batches = _Batches(dataset.train_x.shape[0], budget.batch_size, gen)
     window = max(1, budget.steps // HISTORY_POINTS)
     report_every = max(1, budget.steps // 20)
@@ -161,19 +245,22 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
         y, ldj = prepare_batch(dataset, dataset.train_x[idx], device, dtype, gen)
         return y, ldj, None if labels is None else labels[idx].to(device)
 
-    start = time.perf_counter()
     batch = draw()
     model.data_init(batch[0])
     if budget.steps == 0:
+        seconds = clock()
         model.eval()
-        return TrainResult(steps=0, seconds=time.perf_counter() - start, final_loss=math.nan, diverged=False)
+        recorder.evaluate(0, seconds)
+        return TrainResult(steps=0, seconds=seconds, final_loss=math.nan, diverged=False, curve=recorder.curve)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
+    recorder.evaluate(0, clock())
     # multi-tensor Adam: on the CPU torch defaults to a per-parameter loop, a quarter of a small flow's step
     opt = torch.optim.Adam(params, lr=budget.lr, foreach=True)
     history: list[float] = []
-    window_sum, window_n = 0.0, 0
+    recent: deque[float] = deque(maxlen=max(window, NOISE_TAIL))
+    window_sum, window_n, last_n = 0.0, 0, 0
     final_loss, diverged, reason, steps = math.nan, False, "", 0
     for step in range(budget.steps):
         if step > 0:
@@ -195,14 +282,17 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
         if budget.schedule == "cosine":
             done = steps / budget.steps
             if budget.seconds is not None:
-                done = max(done, (time.perf_counter() - start) / budget.seconds)
+                done = max(done, clock() / budget.seconds)
             for group in opt.param_groups:
                 group["lr"] = budget.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+        recent.append(value)
         window_sum, window_n = window_sum + value, window_n + 1
         if window_n == window:
             history.append(window_sum / window_n)
-            window_sum, window_n = 0.0, 0
-        elapsed = time.perf_counter() - start
+            window_sum, window_n, last_n = 0.0, 0, window
+        if recorder.due(steps):
+            recorder.evaluate(steps, clock())
+        elapsed = clock()
         out_of_time = budget.seconds is not None and elapsed >= budget.seconds
         if progress is not None and (steps % report_every == 0 or steps == budget.steps or out_of_time):
             progress(steps, budget.steps, f"{objective} step {steps}/{budget.steps} loss {value:.4g}")
@@ -211,18 +301,27 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
             break
     if window_n:
         history.append(window_sum / window_n)
+        last_n = window_n
+    stderr = math.nan
     if not diverged:
         final_loss = history[-1] if history else math.nan
-    seconds = time.perf_counter() - start
+        if len(recent) >= 2 and last_n:
+            mean = sum(recent) / len(recent)
+            sd = math.sqrt(sum((v - mean) ** 2 for v in recent) / (len(recent) - 1))
+            stderr = sd / math.sqrt(last_n)
+    seconds = clock()
     model.eval()
+    recorder.evaluate(steps, seconds)
     return TrainResult(steps=steps, seconds=seconds, final_loss=final_loss, diverged=diverged,
-                       history=history, reason=reason)
+                       history=history, reason=reason, final_loss_stderr=stderr, curve=recorder.curve)
 
 
 def train_likelihood(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
-                     progress: Progress | None = None, regularizer: FDRegularizer | None = None) -> TrainResult:
+                     progress: Progress | None = None, regularizer: FDRegularizer | None = None,
+                     curve: CurveRequest | None = None) -> TrainResult:
     """Maximum likelihood: minimise ``-mean(log p_model(y) + ldj)`` (nats per example, ``y`` the pre-processed,
-    dequantised batch of shape (B, *shape)), plus ``regularizer.penalty(model, y)`` on the steps it applies to.
+    dequantised batch of shape (B, *shape)), plus ``regularizer.penalty(model, y)`` on the steps it applies to;
+    ``curve``: record a learning curve.
 
     Leaves the model in ``eval()`` mode on ``device``.
     """
@@ -233,12 +332,13 @@ def train_likelihood(model: InvertibleModel, dataset: Dataset, budget: Budget, d
             loss = loss + regularizer.penalty(model, y)
         return loss
 
-    return _fit(model, dataset, budget, device, seed, loss_fn, None, progress, "likelihood")
+    return _fit(model, dataset, budget, device, seed, loss_fn, None, progress, "likelihood", curve)
 
 
 def train_classifier(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
-                     progress: Progress | None = None) -> TrainResult:
-    """Minimise the cross entropy of ``model.logits(y)`` (B, num_classes) against ``dataset.train_y`` (B,).
+                     progress: Progress | None = None, curve: CurveRequest | None = None) -> TrainResult:
+    """Minimise the cross entropy of ``model.logits(y)`` (B, num_classes) against ``dataset.train_y`` (B,);
+    ``curve``: record a learning curve.
 
     Leaves the model in ``eval()`` mode on ``device``.
     """
@@ -249,14 +349,15 @@ def train_classifier(model: InvertibleModel, dataset: Dataset, budget: Budget, d
         assert labels is not None
         return training_loss(model, y, labels, objective="classification")
 
-    return _fit(model, dataset, budget, device, seed, loss_fn, dataset.train_y.long(), progress, "classification")
+    return _fit(model, dataset, budget, device, seed, loss_fn, dataset.train_y.long(), progress, "classification",
+                curve)
 
 
 def train_metrics(result: TrainResult) -> list[Metric]:
     """``train_time`` (s) and ``train_steps`` (:data:`TRAIN_SPECS`), with the loss curve and the stop reason in
     ``extra``."""
-    extra = {"final_loss": result.final_loss, "diverged": result.diverged, "history": result.history,
-             "reason": result.reason}
+    extra = {"final_loss": result.final_loss, "final_loss_stderr": result.final_loss_stderr,
+             "diverged": result.diverged, "history": result.history, "reason": result.reason}
     return [TRAIN_TIME(result.seconds, extra=extra), TRAIN_STEPS(float(result.steps))]
 
 
@@ -299,21 +400,25 @@ def _save_atomic(path: Path, blob: dict[str, Any]) -> None:
         raise
 
 
-def _load(path: Path, key_json: str, device: torch.device) -> dict[str, Any] | None:
-    """The cached blob when ``path`` holds one for exactly ``key_json``, else None."""
+def _load(path: Path, key_json: str, curve_json: str | None, device: torch.device) -> dict[str, Any] | None:
+    """The cached blob when ``path`` holds one for exactly ``key_json`` (and, unless ``curve_json`` is None, with
+    exactly that curve key), else None."""
     if not path.exists():
         return None
     blob: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
-    return blob if blob.get("key") == key_json else None
+    if blob.get("key") != key_json:
+        return None
+    return blob if curve_json is None or blob.get("curve_key") == curve_json else None
 
 
-def trained_model(ctx: TaskContext, objective: str, regularizer: FDRegularizer | None = None
-                  ) -> tuple[InvertibleModel, TrainResult]:
+def trained_model(ctx: TaskContext, objective: str, regularizer: FDRegularizer | None = None,
+                  curve: CurveRequest | None = None) -> tuple[InvertibleModel, TrainResult]:
     """A model of ``ctx.make_model()`` trained for ``objective`` (``"likelihood"`` or ``"classification"``).
 
     Loads it from ``ctx.checkpoint_dir`` when a checkpoint for the same model class and config, data set, seed,
-    objective, budget and regulariser exists; otherwise trains it and (when caching is on) saves the state dict
-    and the :class:`TrainResult` atomically. Returns the model on ``ctx.device`` in ``eval()`` mode.
+    objective, budget and regulariser exists (with ``curve``: and the same curve key; see the module docstring);
+    otherwise trains it, recording ``curve``, and (when caching is on) saves the state dict, the curve key and the
+    :class:`TrainResult` (curve included) atomically. Returns the model on ``ctx.device`` in ``eval()`` mode.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
@@ -322,18 +427,21 @@ def trained_model(ctx: TaskContext, objective: str, regularizer: FDRegularizer |
     model = ctx.make_model().to(ctx.device)
     key = checkpoint_key(model, ctx.dataset, ctx.seed, objective, ctx.budget, regularizer)
     key_json = json.dumps(key, sort_keys=True, default=str)
+    curve_json = None if curve is None else json.dumps(curve.key(), sort_keys=True, default=str)
     path = checkpoint_path(ctx, key) if ctx.checkpoint_dir is not None else None
-    blob = _load(path, key_json, ctx.device) if path is not None else None
+    blob = _load(path, key_json, curve_json, ctx.device) if path is not None else None
     if blob is not None:
         model.load_state_dict(blob["state_dict"])
         model.eval()
-        return model, TrainResult(**blob["result"])
+        return model, TrainResult.from_dict(blob["result"])
     if objective == "likelihood":
-        result = train_likelihood(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, regularizer)
+        result = train_likelihood(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, regularizer,
+                                  curve)
     else:
-        result = train_classifier(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress)
+        result = train_classifier(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, curve)
     if path is not None:
         state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in model.state_dict().items()}
-        _save_atomic(path, {"key": key_json, "state_dict": state, "result": asdict(result)})
+        _save_atomic(path, {"key": key_json, "curve_key": curve_json, "state_dict": state,
+                            "result": asdict(result)})
     model.eval()
     return model, result
