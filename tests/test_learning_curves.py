@@ -24,7 +24,16 @@ from bench.tasks.curves import (
     eval_steps,
     first_reaching,
 )
-from bench.tasks.likelihood import KL_GAP, TEST_BPD, LikelihoodTask, ScoringPlan, log_likelihood
+from bench.tasks.likelihood import (
+    CURVE_MIN_POINTS,
+    KL_GAP,
+    TEST_BPD,
+    LikelihoodOptions,
+    LikelihoodTask,
+    ScoringPlan,
+    curve_size,
+    log_likelihood,
+)
 from bench.tasks.training import TrainResult, fixed_test_x, train_likelihood, trained_model
 from bench.units import bits_per_dim
 from models.base import InvertibleModel
@@ -258,6 +267,14 @@ def test_curve_points_subset_and_curves_off() -> None:
     assert hit.extra["step"] == 0 and hit.value == curve["seconds"][0]
     off = LikelihoodTask().run(likelihood_ctx(make, dataset, budget, {"test_bpd": 100.0}, curve_evals=0))
     assert one(off, "eval_time").value == 0.0 and one(off, "time_to_target").status == "unsupported"
+
+
+def test_curve_size_caps_the_points_by_dimension() -> None:
+    options = LikelihoodOptions()
+    assert (options.curve_points, options.curve_rows) == (512, 8192)
+    assert curve_size(options, 2) == 512 and curve_size(options, 64) == 128
+    assert curve_size(options, 784) == CURVE_MIN_POINTS == 64
+    assert curve_size(LikelihoodOptions(curve_points=32), 784) == 32
 
 
 def test_time_to_target_through_the_classification_task() -> None:

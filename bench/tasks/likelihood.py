@@ -12,11 +12,13 @@ in chunks of :data:`JACOBIAN_ROWS` rows); above it, with their estimator at high
 ``eval_estimator``, or more terms and probes than trained with), restored afterwards.
 ``Metric.extra["logdet_eval"]`` says which. The options are :class:`LikelihoodOptions`.
 
-Learning curve (:mod:`bench.tasks.curves`): during training the model is scored on the first ``curve_points``
-test points (the fixed dequantisation of draw 0) with the same plan as the final scoring, at most
-``curve_evals`` times; the curve's metric is ``kl_gap`` where the data set knows its entropy, else ``test_bpd``.
-``eval_time`` carries it; ``time_to_target`` is read off it for the data set's targets on ``test_nll``,
-``test_bpd`` or ``kl_gap`` (each value is a function of the subset's NLL).
+Learning curve (:mod:`bench.tasks.curves`): during training the model is scored on the first
+``min(curve_points, max(CURVE_MIN_POINTS, curve_rows // D))`` test points (the fixed dequantisation of draw 0;
+the same points for every model on the data set) with the same plan as the final scoring, at most
+``curve_evals`` times (the cap keeps the exact autograd log-det cheap at D = 64: 128 points). The curve's metric
+is ``kl_gap`` where the data set knows its entropy, else ``test_bpd``. ``eval_time`` carries it;
+``time_to_target`` is read off it for the data set's targets on ``test_nll``, ``test_bpd`` or ``kl_gap`` (each
+value is a function of the subset's NLL).
 
 Estimator honesty: for log-det estimator models ``estimator_gap`` is the mean over the test examples of the NLL
 with the training-time estimator (the settings the model trained with) minus the NLL of the final scoring (exact,
@@ -69,6 +71,8 @@ ESTIMATOR_ROWS = 65536
 #: Floors of the estimator's cost knobs (``EstimatorSettings.cost_knobs``) while scoring above ``exact_max_dim``.
 HIGH_PRECISION = {"terms": 20, "exact_terms": 20, "probes": 8}
 GRID_SIZE = 128
+#: The fewest learning-curve points ``curve_rows`` leaves at high D.
+CURVE_MIN_POINTS = 64
 NUM_SAMPLES = 64
 
 
@@ -89,6 +93,9 @@ class LikelihoodOptions(Options):
         "test points (the first ones, fixed dequantisation) the learning curve is scored on", min=1))
     curve_evals: int = field(default=12, metadata=opt(
         "most learning-curve evaluations (step 0, log-spaced steps, the final step); 0: no curve", min=0))
+    curve_rows: int = field(default=8192, metadata=opt(
+        f"caps the curve's points at curve_rows // D (at least {CURVE_MIN_POINTS}): examples x dimensions per "
+        "evaluation", min=1))
 
     def __post_init__(self) -> None:
         known = [f.name for f in dataclasses.fields(EstimatorSettings)]
@@ -290,14 +297,20 @@ def nll_of(dataset: Dataset, metric: str, value: float) -> float:
     raise ValueError(f"not a curve metric of the likelihood task: {metric!r}")
 
 
+def curve_size(options: LikelihoodOptions, dim: int) -> int:
+    """The number of test points a learning-curve evaluation scores: ``curve_points``, capped at
+    ``curve_rows // dim`` but not below :data:`CURVE_MIN_POINTS`."""
+    return min(options.curve_points, max(CURVE_MIN_POINTS, options.curve_rows // dim))
+
+
 def likelihood_curve(ctx: TaskContext, options: LikelihoodOptions) -> CurveRequest | None:
-    """The learning curve the task asks training for: the curve metric of the first ``options.curve_points``
-    test points (draw 0 of :func:`bench.tasks.training.fixed_test_x`), scored as the final scoring is
+    """The learning curve the task asks training for: the curve metric of the first :func:`curve_size` test
+    points (draw 0 of :func:`bench.tasks.training.fixed_test_x`), scored as the final scoring is
     (:func:`logdet_plan`, :func:`log_likelihood`); None when ``options.curve_evals`` is 0."""
     if options.curve_evals == 0:
         return None
     dataset, device = ctx.dataset, ctx.device
-    x = fixed_test_x(dataset, ctx.seed)[:options.curve_points]
+    x = fixed_test_x(dataset, ctx.seed)[:curve_size(options, dataset.dim)]
     metric = curve_metric(dataset)
 
     def evaluate(model: InvertibleModel) -> float:
