@@ -17,12 +17,16 @@ Format (every key optional except ``datasets``)::
     # budget = { steps = 800 }          #   per-data-set budget override
     # models."iresnet-native" = { depth = 2 }   # per-data-set hyper-parameter override (wins over [hparams])
     # tasks = ["likelihood", "stability"]      # run only these of the suite's tasks on this data set
+    # targets = { kl_gap = 0.2 }        #   metric -> threshold: training tasks report time_to_target for each
+    #                                   #   (a metric that one of the tasks run on this data set emits)
     tasks = ["likelihood", "stability"] # list; or a table name -> task options:
     # [tasks.stability]
     # regularizer = { eps = 0.01, weight = 1.0, every = 1 }
     seeds = 2                           # a count (seeds 0..n-1) or an explicit list [0, 7]
     timeout = 120                       # seconds per cell
     device = "auto"                     # auto | cpu | cuda
+    match_params = 20000                # scale each model's width to within 10 % of this many trainable parameters
+                                        #   (bench.run.match_params; per model and data set, before any compute)
     [budget]                            # bench.tasks.base.Budget: steps, seconds, batch_size, lr
     steps = 400
     [slurm]                             # the submitit executor (see bench.run.executors): cluster, partition, ...
@@ -51,10 +55,11 @@ from models.registry import import_target, is_target
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
     "name", "description", "models", "hparams", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
+    "match_params",
 )
 BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr", "schedule")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
-DATASET_RESERVED: tuple[str, ...] = ("budget", "models", "tasks")
+DATASET_RESERVED: tuple[str, ...] = ("budget", "models", "tasks", "targets")
 #: keys of the [slurm] table (see bench.run.executors.SubmititExecutor)
 SLURM_FIELDS: tuple[str, ...] = (
     "cluster", "partition", "account", "qos", "constraint", "gpus_per_node", "cpus_per_task", "mem_gb",
@@ -68,14 +73,16 @@ class SuiteError(ValueError):
 
 @dataclass
 class DatasetEntry:
-    """One data set of a suite: loader options, budget overrides, per-model hyper-parameter overrides and the
-    subset of the suite's tasks to run on it (None: all)."""
+    """One data set of a suite: loader options, budget overrides, per-model hyper-parameter overrides, the
+    subset of the suite's tasks to run on it (None: all) and its targets (metric name -> threshold, for
+    ``time_to_target``; each a metric that a task run on the data set emits)."""
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     budget: dict[str, Any] = field(default_factory=dict)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     tasks: list[str] | None = None
+    targets: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,6 +103,8 @@ class Suite:
     timeout: float | None = None
     device: str = "auto"
     slurm: dict[str, Any] = field(default_factory=dict)
+    #: scale every model's width hyper-parameter to within 10 % of this many trainable parameters (None: off)
+    match_params: int | None = None
     source: str = "<suite>"
 
     def dataset(self, name: str) -> DatasetEntry:
@@ -114,6 +123,11 @@ class Suite:
 
     def options_for(self, task: str) -> dict[str, Any]:
         return dict(self.task_options.get(task, {}))
+
+    def tasks_on(self, dataset: str) -> list[str]:
+        """The suite's tasks that run on ``dataset`` (its ``tasks`` subset, else all)."""
+        only = self.dataset(dataset).tasks
+        return [t for t in self.tasks if only is None or t in only]
 
     def ordered_tasks(self) -> list[str]:
         """Tasks in run order: training tasks first (so the others reuse their checkpoints), then the rest."""
@@ -215,6 +229,33 @@ def _budget(c: _Ctx, path: str, table: Any) -> dict[str, Any]:
     return out
 
 
+def _targets(c: _Ctx, path: str, table: Any) -> dict[str, float]:
+    """A table metric name -> finite threshold (the names are checked by :func:`validate_names`)."""
+    table = _expect(c, path, table, (dict,), "a table metric -> threshold, e.g. { kl_gap = 0.2 }")
+    out: dict[str, float] = {}
+    for k, v in table.items():
+        _expect(c, f"{path}.{_key(k)}", v, (int, float), "a number")
+        if not math.isfinite(v):
+            raise c.fail(f"{path}.{_key(k)}", f"must be finite, got {v!r}")
+        out[k] = float(v)
+    return out
+
+
+def _check_targets(c: _Ctx, suite: Suite, entry: DatasetEntry) -> None:
+    """Each target names a metric with a direction that one of the tasks run on the data set emits."""
+    from bench.tasks.registry import get_task
+
+    specs = {s.name: s for t in suite.tasks_on(entry.name) for s in get_task(t).metric_specs}
+    judged = sorted(n for n, s in specs.items() if s.direction is not None)
+    for k in entry.targets:
+        path = f"datasets.{_key(entry.name)}.targets.{_key(k)}"
+        if k not in specs:
+            raise c.fail(path, f"{k!r} is not a metric of the tasks run on {entry.name}{_near(k, judged)} "
+                               f"(metrics: {', '.join(judged)})")
+        if specs[k].direction is None:
+            raise c.fail(path, f"{k!r} has no better direction, so no target can be reached")
+
+
 def _seeds(c: _Ctx, value: Any) -> list[int]:
     if isinstance(value, list):
         if not value:
@@ -275,7 +316,8 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
         only: list[str] | None = None
         if "tasks" in opts:
             only = list(_expect(c, f"{p}.tasks", opts.pop("tasks"), (list,), "a list of task names"))
-        datasets.append(DatasetEntry(d, opts, overrides, per_model, only))
+        targets = _targets(c, f"{p}.targets", opts.pop("targets")) if "targets" in opts else {}
+        datasets.append(DatasetEntry(d, opts, overrides, per_model, only, targets))
     if not datasets:
         raise c.fail("datasets", "empty")
 
@@ -301,14 +343,18 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
     device = _expect(c, "device", data.get("device", "auto"), (str,), "a string")
     if device not in DEVICES:
         raise c.fail("device", f"expected one of {', '.join(DEVICES)}, got {device!r}")
+    match_params = data.get("match_params")
+    if match_params is not None:
+        _expect(c, "match_params", match_params, (int,), "a positive integer (trainable parameters per model)")
+        if match_params < 1:
+            raise c.fail("match_params", f"must be a positive number of parameters, got {match_params!r}")
     slurm = dict(_expect(c, "slurm", data.get("slurm", {}), (dict,), "a table"))
     for k in slurm:
         if k not in SLURM_FIELDS:
             raise c.fail(f"slurm.{k}", f"unknown field{_near(k, SLURM_FIELDS)} (fields: {', '.join(SLURM_FIELDS)})")
     return Suite(name=name, description=description, models=models, datasets=datasets, tasks=tasks, seeds=seeds,
                  budget=budget, model_options=model_options, hparams_tables=tables, task_options=task_options,
-                 timeout=timeout,
-                 device=device, slurm=slurm, source=source)
+                 timeout=timeout, device=device, slurm=slurm, match_params=match_params, source=source)
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -468,6 +514,7 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
         for m, hp in d.models.items():
             _check_model(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, model_names)
             _check_hparams(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, hp)
+        _check_targets(c, suite, d)
     return replace(suite, models=models)
 
 

@@ -23,11 +23,14 @@ import torch
 from test_executors import FAKES, FAKES_PATH, MODEL
 
 from bench.cli import cli_run, main
+from bench.flops import trainable_parameters
 from bench.run.executors import InProcessExecutor
+from bench.run.match_params import TOLERANCE
 from bench.run.progress import Progress, choose_mode, format_duration
 from bench.run.rundir import LEDGER, RESULTS, Row, _pid_alive, compact, read_ledger, read_rows, row_key
-from bench.run.runner import run_suite
+from bench.run.runner import plan, run_suite
 from bench.suite import load_suite
+from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from models import registry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,3 +378,123 @@ def test_progress_modes(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_format_duration() -> None:
     assert [format_duration(s) for s in (0, 42.4, 185, 3720)] == ["0s", "42s", "3m05s", "1h02m"]
+
+
+# ----------------------------------------------------------------------------------------------- targets
+SCORE = MetricSpec("score", "nats", "down", "a fake score")
+
+
+class TargetsTask(Task):
+    """Reports the targets it was given in ``extra``."""
+
+    name = "targets_echo"
+    metric_specs = (SCORE,)
+
+    def run(self, ctx: TaskContext) -> list[Metric]:
+        return [SCORE(1.0, extra={"targets": dict(ctx.targets)})]
+
+
+TARGETS = f"{__name__}:TargetsTask"
+
+
+def test_a_data_sets_targets_reach_the_task_context_and_the_config_hash(tmp_path: Path) -> None:
+    def suite_at(name: str, targets: str) -> Any:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f"""
+name = "t"
+models = ["{MODEL}"]
+tasks = ["{TARGETS}", "{ECHO}"]
+[datasets."{FAKES}:tiny"]
+{targets}
+""", encoding="utf-8")
+        return load_suite(str(path))
+
+    run_suite(suite_at("a", "targets = { score = 0.5 }"), tmp_path / "a", executor=InProcessExecutor())
+    rows = rows_of(tmp_path / "a")
+    score = next(r for r in rows if r.metric == "score")
+    assert score.status == "ok" and score.extra["targets"] == {"score": 0.5}
+
+    def hashes(suite: Any) -> dict[str, str]:
+        return {c.task: c.config_hash for g in plan(suite, run_id="r", out=tmp_path, device="cpu") for c in g}
+
+    plain, other = hashes(suite_at("b", "")), hashes(suite_at("c", "targets = { score = 0.25 }"))
+    # a target is part of the configuration of the task that emits its metric, and of no other
+    assert score.config_hash != plain[TARGETS] != other[TARGETS] != score.config_hash
+    assert {r.config_hash for r in rows if r.task == ECHO} == {plain[ECHO]} == {other[ECHO]}
+    with pytest.raises(ValueError, match=r"targets\.scor: 'scor' is not a metric of the tasks run on .*did you mean "
+                                         r"score\?"):
+        suite_at("d", "targets = { scor = 0.5 }")
+
+
+# ----------------------------------------------------------------------------------------------- match_params
+def test_match_params_plans_every_model_within_ten_percent(tmp_path: Path) -> None:
+    target = 20000
+    path = tmp_path / "m.toml"
+    path.write_text(f"""
+models = ["all"]
+tasks = ["likelihood", "cost"]
+match_params = {target}
+[datasets.moons]
+models."iresnet-native" = {{ depth = 8, hidden = 32, hidden_layers = 1 }}
+[datasets.digits-flat]
+""", encoding="utf-8")
+    suite = load_suite(str(path))
+    groups = plan(suite, run_id="r", out=tmp_path, device="cpu")
+    from bench.datasets import info
+
+    metas = {d.name: info(d.name, d.options) for d in suite.datasets}
+    assert [metas["moons"].shape, metas["digits-flat"].shape] == [(2,), (64,)]
+    seen = set()
+    for group in groups:
+        for cell in group:
+            matched = cell.match_params
+            assert matched is not None and matched.target == target
+            cls = registry.get(cell.model)
+            if cls.width_hparam is None:  # e.g. the Gaussian baseline: unsupported rows (below)
+                assert not matched.matched and matched.value is None and cell.model == "gaussian-fit"
+                continue
+            assert matched.hparam == cls.width_hparam and cell.hparams[matched.hparam] == matched.value
+            meta = metas[cell.dataset]
+            built = registry.create(cell.model, shape=meta.shape, num_classes=meta.num_classes, **cell.hparams)
+            assert trainable_parameters(built) == matched.params
+            assert abs(matched.params - target) <= TOLERANCE * target, (cell.model, cell.dataset, matched)
+            seen.add((cell.model, cell.dataset))
+    assert len(seen) == 2 * sum(registry.get(m).width_hparam is not None for m in suite.models)
+    moons = next(c for g in groups for c in g if c.model == "iresnet-native" and c.dataset == "moons")
+    assert moons.hparams["depth"] == 8 and moons.hparams["hidden_layers"] == 1 and moons.hparams["hidden"] != 32
+    # the matched width is part of the configuration
+    path.write_text(path.read_text().replace(f"match_params = {target}", f"match_params = {2 * target}"))
+    doubled = {c.key: c.config_hash for g in plan(load_suite(str(path)), run_id="r", out=tmp_path, device="cpu")
+               for c in g}
+    assert all(doubled[c.key] != c.config_hash for g in groups for c in g if c.model != "gaussian-fit")
+
+
+def test_match_params_rows_and_an_unreachable_target(tmp_path: Path) -> None:
+    def suite_with(target: int) -> Any:
+        path = tmp_path / f"m{target}.toml"
+        path.write_text(f"""
+models = ["realnvp-nflows", "gaussian-fit"]
+tasks = ["{ECHO}"]
+match_params = {target}
+[datasets.moons]
+n_train = 64
+n_test = 32
+""", encoding="utf-8")
+        return load_suite(str(path))
+
+    run_suite(suite_with(5000), tmp_path / "run", executor=InProcessExecutor())
+    rows = rows_of(tmp_path / "run")
+    realnvp = [r for r in rows if r.model == "realnvp-nflows"]
+    assert realnvp and all(r.status == "ok" for r in realnvp)
+    extra = realnvp[0].extra["match_params"]
+    assert extra["hparam"] == "hidden" and extra["target"] == 5000 and abs(extra["params"] - 5000) <= 500
+    assert all(r.extra["match_params"] == extra for r in realnvp)
+    gauss = [r for r in rows if r.model == "gaussian-fit"]
+    assert gauss and all(r.status == "unsupported" and r.value is None for r in gauss)
+    assert "width hyper-parameter" in gauss[0].extra["requires"] and gauss[0].extra["match_params"]["hparam"] is None
+    # a target below the smallest realnvp-nflows on moons stops the run before any compute, in one line
+    with pytest.raises(ValueError) as info:
+        run_suite(suite_with(10), tmp_path / "small", executor=InProcessExecutor())
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("realnvp-nflows on moons: match_params = 10: ")
+    assert "hidden = 1 (the fewest it can have)" in message and not (tmp_path / "small").exists()

@@ -129,6 +129,23 @@ ERRORS = [
     ("datasets = ['moons']\nmodels = ['bench.suite:Suite']\n", "suite quick.toml: models[0]: 'bench.suite:Suite' is "
      "not a subclass of models.base.InvertibleModel"),
     ("name = 'a b'\ndatasets = ['moons']\n", "suite quick.toml: name: use letters, digits"),
+    ("datasets = ['moons']\nmatch_params = 0\n",
+     "suite quick.toml: match_params: must be a positive number of parameters, got 0"),
+    ("datasets = ['moons']\nmatch_params = 2.5e4\n",
+     "suite quick.toml: match_params: expected a positive integer (trainable parameters per model), got float 25000.0"),
+    ("datasets = ['moons']\nmatch_params = true\n", "suite quick.toml: match_params: expected a positive integer"),
+    ("[datasets.moons]\ntargets = { kl_gp = 0.2 }\n", "suite quick.toml: datasets.moons.targets.kl_gp: 'kl_gp' is not "
+     "a metric of the tasks run on moons; did you mean kl_gap?"),
+    ("[datasets.moons]\ntasks = ['cost']\ntargets = { kl_gap = 0.2 }\n", "suite quick.toml: datasets.moons.targets."
+     "kl_gap: 'kl_gap' is not a metric of the tasks run on moons (metrics: "),
+    ("[datasets.moons]\ntargets = { kl_gap = 'low' }\n",
+     "suite quick.toml: datasets.moons.targets.kl_gap: expected a number, got string 'low'"),
+    ("[datasets.moons]\ntargets = { kl_gap = nan }\n", "suite quick.toml: datasets.moons.targets.kl_gap: must be "
+     "finite, got nan"),
+    ("[datasets.moons]\ntargets = { train_time = 3 }\n", "suite quick.toml: datasets.moons.targets.train_time: "
+     "'train_time' has no better direction"),
+    ("[datasets.moons]\ntargets = 0.2\n", "suite quick.toml: datasets.moons.targets: expected a table metric -> "
+     "threshold"),
 ]
 
 
@@ -150,9 +167,10 @@ def test_bundled_suites(tmp_path: Path) -> None:
     quick = load_suite("quick", real)
     assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
     assert {"gaussians8", "checkerboard", "moons", "spirals", "digits-flat"} <= {d.name for d in quick.datasets}
-    from bench.tasks.stability import StabilityTask
+    from bench.tasks.stability import StabilityOptions, StabilityTask
 
     stability = StabilityTask.parse_options(quick.options_for("stability"), "quick")
+    assert isinstance(stability, StabilityOptions)
     assert quick.timeout is not None and stability.regularizer is not None and stability.regularizer.eps == 0.1
     fashion = load_suite("fashion", real)
     assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
@@ -221,3 +239,20 @@ def test_budget_schedule_is_validated(tmp_path: Path) -> None:
     assert s.budget.schedule == "cosine"
     with pytest.raises(SuiteError, match=r"budget\.schedule: unknown schedule 'cosin'; did you mean cosine\?"):
         load_text(tmp_path, f'models = ["{LINEAR}"]\ndatasets = ["moons"]\n[budget]\nschedule = "cosin"\n')
+
+
+def test_targets_and_match_params_are_read(tmp_path: Path) -> None:
+    s = load_text(tmp_path, """
+match_params = 20000
+tasks = ["likelihood", "classification", "cost"]
+[datasets.moons]
+targets = { kl_gap = 0.2, test_nll = 2 }
+[datasets.digits]
+tasks = ["classification"]
+targets = { test_accuracy = 0.9 }
+""")
+    assert s.match_params == 20000
+    assert s.dataset("moons").targets == {"kl_gap": 0.2, "test_nll": 2.0}
+    assert isinstance(s.dataset("moons").targets["test_nll"], float)
+    assert s.dataset("digits").targets == {"test_accuracy": 0.9} and s.tasks_on("digits") == ["classification"]
+    assert load_text(tmp_path, 'datasets = ["moons"]\n').match_params is None

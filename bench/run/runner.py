@@ -26,7 +26,7 @@ import json
 import os
 import secrets
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,6 +35,7 @@ from typing import Any
 from bench.datasets.base import DatasetInfo
 from bench.run.environment import capture, now_iso, read_record, write_record
 from bench.run.executors import CellOutcome, Executor
+from bench.run.match_params import MatchedWidth, match_width
 from bench.run.progress import Progress
 from bench.run.rundir import (
     LEDGER,
@@ -76,15 +77,29 @@ def cell_status(rows: Sequence[Row]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- planning
-def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[CellSpec]]:
-    """The cells of a suite, grouped per (model, dataset, seed), training tasks first in each group."""
+#: a data set's metadata from its name and loader options (:meth:`SupportCheck.info`)
+InfoFn = Callable[[str, Mapping[str, Any]], DatasetInfo]
+
+
+def plan(suite: Suite, *, run_id: str, out: Path, device: str, info: InfoFn | None = None) -> list[list[CellSpec]]:
+    """The cells of a suite, grouped per (model, dataset, seed), training tasks first in each group.
+
+    With ``suite.match_params`` each (model, data set) first gets its width (:mod:`bench.run.match_params`, from
+    the data set's metadata through ``info``; default: :meth:`SupportCheck.info` of the first seed), which raises
+    ValueError (one line) for a target the model cannot come within 10 % of.
+    """
     tasks = suite.ordered_tasks()
     classes = {t: get_task(t) for t in tasks}
     metrics = {t: tuple(classes[t].metric_specs) for t in tasks}
+    emitted = {t: {m.name for m in metrics[t]} for t in tasks}
+    info = info or SupportCheck(suite.seeds[0]).info
     groups: list[list[CellSpec]] = []
     for model in suite.models:
         for entry in suite.datasets:
             hparams = suite.hparams_for(model, entry.name)
+            matched = _matched(suite, model, entry.name, entry.options, hparams, info)
+            if matched is not None and matched.value is not None and matched.hparam is not None:
+                hparams = {**hparams, matched.hparam: matched.value}
             budget = asdict(suite.budget_for(entry.name))
             for seed in suite.seeds:
                 group = []
@@ -92,16 +107,37 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str) -> list[list[Cell
                     if entry.tasks is not None and task not in entry.tasks:
                         continue
                     opts = classes[task].parse_options(suite.options_for(task), f"tasks.{task}").to_dict()
-                    chash = config_hash({"model": model, "hparams": hparams, "dataset": entry.name,
-                                         "dataset_options": entry.options, "task": task, "task_options": opts,
-                                         "budget": budget})
+                    config: dict[str, Any] = {"model": model, "hparams": hparams, "dataset": entry.name,
+                                              "dataset_options": entry.options, "task": task, "task_options": opts,
+                                              "budget": budget}
+                    targets = {k: v for k, v in entry.targets.items() if k in emitted[task]}
+                    if targets:  # only where the task reports time_to_target for them
+                        config["targets"] = targets
                     group.append(CellSpec(
                         model=model, dataset=entry.name, seed=seed, task=task, run_id=run_id, suite=suite.name,
                         hparams=hparams, dataset_options=dict(entry.options), task_options=opts, budget=budget,
                         device=device, checkpoint_dir=str(out / "checkpoints"), artifact_dir=str(out / "artifacts"),
-                        timeout=suite.timeout, metrics=metrics[task], config_hash=chash))
+                        timeout=suite.timeout, metrics=metrics[task], config_hash=config_hash(config),
+                        targets=dict(entry.targets), match_params=matched))
                 groups.append(group)
     return groups
+
+
+def _matched(suite: Suite, model: str, dataset: str, options: Mapping[str, Any], hparams: Mapping[str, Any],
+             info: InfoFn) -> MatchedWidth | None:
+    """The width ``match_params`` gives ``model`` on ``dataset`` (None without match_params, or for a model class
+    that cannot be imported: its cells get ``error`` rows from the support check)."""
+    if suite.match_params is None:
+        return None
+    from models.registry import get
+
+    try:
+        get(model)
+    except Exception:
+        return None
+    meta = info(dataset, options)
+    return match_width(model, meta.shape, meta.num_classes, hparams, suite.match_params,
+                       where=f"{model} on {dataset}")
 
 
 class SupportCheck:
@@ -123,19 +159,26 @@ class SupportCheck:
 
     def dataset(self, cell: CellSpec) -> DatasetInfo:
         """The cell's data-set metadata (raises ValueError, one line, when the data set cannot be used)."""
-        if cell.dataset not in self._info:
+        return self.info(cell.dataset, cell.dataset_options)
+
+    def info(self, name: str, options: Mapping[str, Any]) -> DatasetInfo:
+        """The metadata of data set ``name`` with loader ``options`` (raises ValueError, one line, when the data
+        set cannot be used)."""
+        if name not in self._info:
             from bench.datasets import info
 
             try:
-                self._info[cell.dataset] = info(cell.dataset, cell.dataset_options, seed=self.seed)
+                self._info[name] = info(name, dict(options), seed=self.seed)
             except Exception as exc:
                 text = " ".join(str(exc).split())
-                raise ValueError(f"data set {cell.dataset!r}: {type(exc).__name__}: {text}") from exc
-        return self._info[cell.dataset]
+                raise ValueError(f"data set {name!r}: {type(exc).__name__}: {text}") from exc
+        return self._info[name]
 
     def __call__(self, cell: CellSpec) -> tuple[str, str]:
         """``("run", "")``; ``("unsupported", what the task requires)``; ``("error", message)``."""
         key = (cell.model, cell.dataset, cell.task)
+        if cell.match_params is not None and not cell.match_params.matched:
+            return ("unsupported", cell.match_params.requires())
         if key not in self._answers:
             meta = self.dataset(cell)
             try:
@@ -209,8 +252,8 @@ def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = Fal
         done = compact(out) if resume else set()
         run_id = str(record["run_id"]) if record and record.get("run_id") else (
             f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}")
-        groups = plan(suite, run_id=run_id, out=out, device=device)
         support = SupportCheck(suite.seeds[0])
+        groups = plan(suite, run_id=run_id, out=out, device=device, info=support.info)
         states = {c.key: support(c) for g in groups for c in g if c.key not in done}
         support.release()
 

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+from bench.run.match_params import MatchedWidth
 from bench.run.rundir import Row, cell_key
 
 ProgressFn = Callable[[int, int, str], None]
@@ -34,7 +35,10 @@ class CellSpec:
     """Everything a worker needs to run one cell; picklable and JSON-friendly.
 
     ``metrics`` are the task's declared :class:`bench.tasks.metric.MetricSpec` s, used for the rows of a failed
-    cell; ``task_options`` are the task's options as validated when the suite loaded (a plain table).
+    cell; ``task_options`` are the task's options as validated when the suite loaded (a plain table);
+    ``targets`` the data set's declared targets (metric -> threshold, ``TaskContext.targets``); ``match_params``
+    the width the suite's ``match_params`` chose (already in ``hparams``), recorded in every row's
+    ``extra["match_params"]``.
     """
 
     model: str
@@ -53,6 +57,8 @@ class CellSpec:
     timeout: float | None = None
     metrics: tuple[Any, ...] = ()
     config_hash: str = ""
+    targets: dict[str, float] = field(default_factory=dict)
+    match_params: MatchedWidth | None = None
 
     @property
     def key(self) -> str:
@@ -84,7 +90,10 @@ def _jsonable(value: Any) -> Any:
 
 def make_row(spec: CellSpec, metric: Any, value: float | None, status: str, extra: dict[str, Any] | None = None
              ) -> Row:
-    """A row of ``spec``'s cell for ``metric`` (a :class:`bench.tasks.metric.Metric`: its identity and unit)."""
+    """A row of ``spec``'s cell for ``metric`` (a :class:`bench.tasks.metric.Metric`: its identity and unit);
+    ``extra["match_params"]`` holds the cell's :class:`MatchedWidth` where the suite matches parameters."""
+    if spec.match_params is not None:
+        extra = {**(extra or {}), "match_params": spec.match_params.as_extra()}
     return Row(run_id=spec.run_id, suite=spec.suite, model=spec.model, task=spec.task, dataset=spec.dataset,
                seed=spec.seed, metric=metric.name, value=value, unit=metric.unit, direction=metric.direction,
                status=status, input=metric.input, variant=metric.variant, settings=_jsonable(dict(metric.settings)),
@@ -201,6 +210,7 @@ def run_cell(spec: CellSpec, progress: ProgressFn | None = None) -> list[Row]:
             checkpoint_dir=Path(spec.checkpoint_dir) if spec.checkpoint_dir else None, model_name=spec.model,
             artifact_dir=Path(spec.artifact_dir) if spec.artifact_dir else None,
             task_name=getattr(task_cls, "name", None) or re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.task),
+            targets=dict(spec.targets),
         )
         return metric_rows(spec, task_cls().run(ctx))
     except BaseException as exc:  # a cell's failure is a result; only a request to stop is not
