@@ -19,6 +19,11 @@ makes no image and is returned as :class:`Skipped` with the reason, which the re
   Flows", NeurIPS 2019).
 - ``memory_depth``: training memory vs depth, memory-saving vs ordinary backprop (rows whose ``extra`` holds
   ``depth``, ``bytes_saving``, ``bytes_ordinary``; Gomez et al., "The Reversible Residual Network", 2017).
+- ``learning_curves``: one figure per data set and objective (``kl_gap``, ``test_bpd``, ``test_accuracy``): every
+  model's held-out value against training seconds (log x; evaluation time excluded), one line per seed, from
+  the ``eval_time`` rows' ``extra["curve"]`` (lists ``seconds``, ``step``, ``value`` and its ``metric``).
+
+Every :class:`Plot` names the task and data set of the table it belongs beside (the HTML page places it there).
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ PLOT_KINDS: dict[str, str] = {
     "lipschitz": "Lipschitz constants on test vs OOD inputs",
     "logdet": "log-det estimator bias and spread vs cost",
     "memory_depth": "memory vs depth, memory-saving vs ordinary backprop",
+    "learning_curves": "learning curves (held-out value vs training seconds)",
 }
+#: the task whose table a plot kind is shown beside (learning curves: the task of their rows)
+PLOT_TASKS: dict[str, str] = {"density": "likelihood", "samples": "likelihood", "recon_iters": "inverse_cost",
+                              "lipschitz": "stability", "logdet": "logdet", "memory_depth": "cost",
+                              "learning_curves": "likelihood"}
 
 
 @dataclass
@@ -53,6 +63,9 @@ class Plot:
     kind: str
     title: str
     path: str
+    #: the table it belongs beside: its task and data set
+    task: str = ""
+    dataset: str = ""
 
 
 @dataclass
@@ -72,7 +85,7 @@ def make_plots(store: Store, report_dir: Path) -> tuple[list[Plot], list[Skipped
     skipped: list[Skipped] = []
     makers: dict[str, Callable[[Store, Path, list[Skipped]], list[Plot]]] = {
         "density": _density, "samples": _samples, "recon_iters": _recon_iters, "lipschitz": _lipschitz,
-        "logdet": _logdet, "memory_depth": _memory_depth,
+        "logdet": _logdet, "memory_depth": _memory_depth, "learning_curves": _learning_curves,
     }
     plot_dir = report_dir / "plots"
     for kind, maker in makers.items():
@@ -83,15 +96,17 @@ def make_plots(store: Store, report_dir: Path) -> tuple[list[Plot], list[Skipped
     return plots, skipped
 
 
-def _save(fig: Any, plot_dir: Path, kind: str, dataset: str, title: str) -> Plot:
+def _save(fig: Any, plot_dir: Path, kind: str, dataset: str, title: str, part: str = "", task: str = "") -> Plot:
+    """Write ``plots/<kind>__<dataset>[__<part>].png``; the plot belongs beside ``task``'s table (default: the
+    kind's, :data:`PLOT_TASKS`)."""
     import matplotlib.pyplot as plt
 
     plot_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{kind}__{slug(dataset)}.png"
+    name = f"{kind}__{slug(dataset)}" + (f"__{slug(part)}" if part else "") + ".png"
     fig.suptitle(title, fontsize=10)
-    fig.savefig(plot_dir / name, dpi=DPI)
+    fig.savefig(plot_dir / name, dpi=DPI, metadata={"Software": None})
     plt.close(fig)
-    return Plot(kind=kind, title=title, path=f"plots/{name}")
+    return Plot(kind=kind, title=title, path=f"plots/{name}", task=task or PLOT_TASKS.get(kind, ""), dataset=dataset)
 
 
 def _figure(n_panels: int, ncols: int, size: float = 2.6) -> tuple[Any, list[Any]]:
@@ -360,4 +375,46 @@ def _memory_depth(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[
         _finish(ax, False, False, "depth (blocks)", "training memory (MiB)")
         ax.set_ylim(bottom=0)
         plots.append(_save(fig, plot_dir, "memory_depth", dataset, f"memory vs depth on {dataset}"))
+    return plots
+
+
+# ----------------------------------------------------------------------------------------------- learning curves
+
+
+def curve_of(row: Row) -> dict[str, Any] | None:
+    """The learning curve of an ``eval_time`` row: ``extra["curve"]`` with equal-length lists ``seconds`` and
+    ``value`` and a ``metric`` name, or None."""
+    curve = row.extra.get("curve")
+    if row.metric != "eval_time" or not isinstance(curve, dict):
+        return None
+    seconds, value = curve.get("seconds"), curve.get("value")
+    if not (isinstance(seconds, list) and isinstance(value, list) and seconds and len(seconds) == len(value)):
+        return None
+    return curve if isinstance(curve.get("metric"), str) else None
+
+
+def _learning_curves(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[Plot]:
+    plots = []
+    # {(dataset, metric): (task, {model: [curve per seed]})}
+    found: dict[tuple[str, str], tuple[str, dict[str, list[dict[str, Any]]]]] = {}
+    for row in sorted(store.rows, key=lambda r: (r.dataset, r.model, r.seed)):
+        curve = curve_of(row)
+        if curve is None or row.variant:
+            continue
+        task, by_model = found.setdefault((row.dataset, str(curve["metric"])), (row.task, {}))
+        by_model.setdefault(row.model, []).append(curve)
+    for (dataset, metric), (task, by_model) in sorted(found.items()):
+        fig, (ax,) = _figure(1, ncols=1, size=4.2)
+        values = [v for curves in by_model.values() for c in curves for v in c["value"]
+                  if isinstance(v, int | float) and math.isfinite(v)]
+        logy = bool(values) and min(values) > 0 and max(values) / min(values) > 10
+        for color, (model, curves) in zip(_colors(len(by_model)), sorted(by_model.items()), strict=True):
+            for i, curve in enumerate(curves):
+                y = np.asarray([np.nan if v is None else v for v in curve["value"]], dtype=np.float64)
+                ax.plot(_positive(curve["seconds"]), y, "o-", ms=2.5, lw=1.0, color=color,
+                        label=model if i == 0 else "_")
+        _finish(ax, True, logy, "training seconds (evaluation excluded)", metric)
+        ax.legend(fontsize=6, ncols=2 if len(by_model) > 6 else 1)
+        plots.append(_save(fig, plot_dir, "learning_curves", dataset, f"{metric} vs training time on {dataset}",
+                           part=metric, task=task))
     return plots

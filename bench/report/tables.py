@@ -9,8 +9,15 @@ and the arrow of the row's ``direction``), a table row is one (model with its ``
 ``settings``): the stability inputs and the estimator settings become rows, not columns, so a column holds one
 measured quantity. A cell is "mean ± std (n_ok/n_total)" over seeds (std with ddof=1, left out for one seed);
 rows with a status other than ``ok`` are counted and shown by status ("unsupported", "diverged 1/2"), never
-dropped. The best cell of a column among rows with the same input and settings is marked by the direction: ``up``
-the largest mean, ``down`` the smallest, ``zero`` the smallest ``|mean|``; undirected columns are not judged.
+dropped. The leading cell of a column among rows with the same input and settings is chosen by the direction:
+``up`` the largest mean, ``down`` the smallest, ``zero`` the smallest ``|mean|``; undirected columns are not
+judged. It is marked best (bold) only where its 95 % bootstrap interval over seeds (:mod:`bench.report.bootstrap`)
+does not overlap the runner-up's; a leader within the runner-up's interval is a tie and is not bolded.
+
+A model whose rows carry ``extra["baseline"]`` (e.g. the fitted Gaussian, ``gaussian-fit``) is labelled
+``(baseline)`` and listed after the models. Tables may carry per-row ``notes`` (a trailing column), per-cell
+``marks`` (a symbol after the cell) and ``footnotes`` (lines under the table); :mod:`bench.report.annotate` fills
+them.
 
 A model whose ``train_steps`` rows on a data set are all 0 (a suite budget of ``steps = 0``: measured as
 initialised) is labelled ``(untrained)`` in every table of that data set.
@@ -30,11 +37,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from bench.report.bootstrap import Interval, leader, seed_interval
 from bench.run.rundir import STATUSES, ReadStats, Row, read_rows, settings_key
 
 #: the order tasks appear in reports (the order a suite runs them, as in ``bench.tasks.registry``; kept here
 #: so reporting does not import torch); unknown tasks follow alphabetically
-TASK_ORDER: tuple[str, ...] = ("likelihood", "classification", "inverse_cost", "stability", "logdet", "cost")
+TASK_ORDER: tuple[str, ...] = ("likelihood", "classification", "time_to_target", "inverse_cost", "stability",
+                                "logdet", "cost")
 #: the order of input kinds (a row's ``input``); unknown kinds follow alphabetically
 INPUT_ORDER: tuple[str, ...] = ("test", "noise", "uniform", "scaled", "ood")
 #: the fields that identify a cell of a table: one measured quantity of one model over seeds
@@ -114,6 +123,22 @@ def fmt_num(v: float, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+#: units whose values are counts, shown as integers with thousands separators (``35,348``)
+COUNT_UNITS: frozenset[str] = frozenset({"parameters"})
+
+
+def fmt_value(v: float, unit: str = "", digits: int = 4) -> str:
+    """A cell's number: :func:`fmt_num`, or an integer with thousands separators for :data:`COUNT_UNITS`."""
+    if unit in COUNT_UNITS and math.isfinite(v):
+        return f"{round(v):,}"
+    return fmt_num(v, digits)
+
+
+def status_label(status: str) -> str:
+    """A status for display: ``not_reached`` -> ``not reached``; the others as they are."""
+    return "not reached" if status == "not_reached" else status
+
+
 # ----------------------------------------------------------------------------------------------- aggregation
 FRAME_COLUMNS: tuple[str, ...] = ("run_id", "suite", "model", "task", "dataset", "seed", "metric", "input",
                                   "variant", "settings", "settings_key", "value", "has_value", "unit", "direction",
@@ -186,6 +211,10 @@ class Cell:
     statuses: dict[str, int] = field(default_factory=dict)
     unit: str = ""
     direction: str | None = None
+    #: a value computed in closed form by the report (not measured; no seeds)
+    analytic: bool = False
+    #: show ``(n_ok/n_total)`` after the number (off for a value joined from another task's rows)
+    show_counts: bool = True
 
     @classmethod
     def from_stats(cls, stats: Mapping[Any, Any]) -> Cell:
@@ -205,20 +234,23 @@ class Cell:
         if len(bad) == 1 and bad[0][0] == "unsupported" and bad[0][1] == self.n_total:
             return "unsupported"
         bad.sort(key=lambda sk: (-sk[1], sk[0]))
-        return ", ".join(f"{s} {k}/{self.n_total}" for s, k in bad)
+        return ", ".join(f"{status_label(s)} {k}/{self.n_total}" for s, k in bad)
 
     def parts(self, style: Style = "plain", best: bool = False) -> tuple[str, str]:
         """``("mean ± std (n_ok/n_total)", statuses)``; either may be empty; the number bold when ``best``."""
         number = ""
         if self.mean is not None:
-            number = fmt_num(self.mean)
+            number = fmt_value(self.mean, self.unit)
             pm = {"tex": r" $\pm$ ", "html": " &plusmn; "}.get(style, " ± ")
-            if self.std is not None:
-                number += pm + fmt_num(self.std, 2)
+            if self.std is not None and not (self.unit in COUNT_UNITS and self.std == 0):
+                number += pm + fmt_value(self.std, self.unit, 2)
             if best:
                 number = {"md": f"**{number}**", "tex": rf"\textbf{{{number}}}",
                           "html": f"<b>{number}</b>"}.get(style, number)
-            number += f" ({self.n_ok}/{self.n_total})"
+            if self.analytic:
+                number += " (analytic)"
+            elif self.show_counts:
+                number += f" ({self.n_ok}/{self.n_total})"
         return number, self.status_text()
 
     def render(self, style: Style = "plain", best: bool = False) -> str:
@@ -231,14 +263,6 @@ def aggregate(rows: Iterable[Row] | pd.DataFrame, keys: Sequence[str] = CELL_KEY
     df = rows if isinstance(rows, pd.DataFrame) else frame(rows)
     stats = seed_stats(df, keys)
     return {k if isinstance(k, tuple) else (k,): Cell.from_stats(v) for k, v in stats.to_dict("index").items()}
-
-
-def score(mean: pd.Series, direction: pd.Series) -> pd.Series:
-    """What the best of a column is chosen by (larger is better): ``mean`` (up), ``-mean`` (down), ``-|mean|``
-    (zero); NaN for undirected metrics and for NaN means."""
-    sign = direction.map({"up": 1.0, "down": -1.0, "zero": -1.0}).astype(float)
-    value = mean.astype(float).where(direction != "zero", mean.astype(float).abs())
-    return value * sign
 
 
 def untrained_models(df: pd.DataFrame) -> set[tuple[str, str]]:
@@ -285,11 +309,22 @@ class TableRow:
     settings_key: str = ""
     settings: str = ""
     untrained: bool = False
+    #: the baseline a model's rows name (``extra["baseline"]``, e.g. ``gaussian``), or ``""``
+    baseline: str = ""
+    #: a reference row the report computes in closed form (``model`` is its description)
+    analytic: bool = False
 
     @property
     def label(self) -> str:
-        """``model``, ``model+variant``, with `` (untrained)`` for a model measured as initialised."""
-        return self.model + (f"+{self.variant}" if self.variant else "") + (" (untrained)" if self.untrained else "")
+        """``model``, ``model+variant``, with `` (untrained)`` for a model measured as initialised, `` (baseline)``
+        for a baseline model and `` (analytic)`` for a computed reference row."""
+        return (self.model + (f"+{self.variant}" if self.variant else "") + (" (untrained)" if self.untrained else "")
+                + (" (baseline)" if self.baseline else "") + (" (analytic)" if self.analytic else ""))
+
+    @property
+    def is_reference(self) -> bool:
+        """A baseline or analytic row: listed after the models."""
+        return bool(self.baseline) or self.analytic
 
 
 @dataclass
@@ -302,6 +337,16 @@ class Table:
     columns: list[Column]
     cells: dict[tuple[TableRow, str], Cell]
     best: set[tuple[TableRow, str]]
+    #: leaders tied with the runner-up (interval overlap): judged, not bolded
+    tied: set[tuple[TableRow, str]] = field(default_factory=set)
+    #: per-row remarks, shown in a trailing ``notes`` column
+    notes: dict[TableRow, list[str]] = field(default_factory=dict)
+    #: per-cell symbols shown after the cell, explained by a footnote
+    marks: dict[tuple[TableRow, str], str] = field(default_factory=dict)
+    #: lines shown under the table
+    footnotes: list[str] = field(default_factory=list)
+    #: the header of the settings index column
+    settings_label: str = "settings"
 
     @property
     def slug(self) -> str:
@@ -312,36 +357,59 @@ class Table:
         return f"{self.task} — {self.dataset}"
 
     def index_names(self) -> list[str]:
-        """``model`` plus ``input`` / ``settings`` when any row has one."""
+        """``model`` plus ``input`` / ``settings`` (headed :attr:`settings_label`) when any row has one."""
         names = ["model"]
         if any(r.input for r in self.rows):
             names.append("input")
         if any(r.settings for r in self.rows):
-            names.append("settings")
+            names.append(self.settings_label)
         return names
 
     def index_values(self, row: TableRow) -> list[str]:
-        values = {"model": row.label, "input": row.input, "settings": row.settings}
+        values = {"model": row.label, "input": row.input, self.settings_label: row.settings}
         return [values[n] for n in self.index_names()]
+
+    @property
+    def has_notes(self) -> bool:
+        return any(self.notes.get(r) for r in self.rows)
+
+    def notes_text(self, row: TableRow) -> str:
+        return "; ".join(self.notes.get(row, []))
+
+    def add_note(self, row: TableRow, note: str) -> None:
+        self.notes.setdefault(row, [])
+        if note not in self.notes[row]:
+            self.notes[row].append(note)
+
+    def add_footnote(self, note: str) -> None:
+        if note not in self.footnotes:
+            self.footnotes.append(note)
 
     def cell_text(self, row: TableRow, column: str, style: Style = "plain") -> str:
         cell = self.cells.get((row, column))
         if cell is None:
             return {"tex": "---", "html": "&mdash;"}.get(style, "—")
+        mark = self.marks.get((row, column), "")
         if style == "tex":
             number, status = cell.parts("tex", best=(row, column) in self.best)
-            return "; ".join(p for p in (number, tex_escape(status)) if p)
+            text = "; ".join(p for p in (number, tex_escape(status)) if p)
+            return text + (f" {tex_escape(mark)}" if mark else "")
         if style == "html":
             number, status = cell.parts("html", best=(row, column) in self.best)
-            return "; ".join(p for p in (number, html.escape(status)) if p)
-        return cell.render(style, best=(row, column) in self.best)
+            text = "; ".join(p for p in (number, html.escape(status)) if p)
+            return text + (f" {html.escape(mark)}" if mark else "")
+        return cell.render(style, best=(row, column) in self.best) + (f" {mark}" if mark else "")
 
     def display(self, style: Style = "plain") -> pd.DataFrame:
-        """The table as strings: index columns (escaped for ``style``) then one column per metric."""
+        """The table as strings: index columns (escaped for ``style``), one column per metric, then ``notes``
+        when any row has one."""
         escapes: dict[str, Callable[[str], str]] = {"tex": tex_escape, "html": html.escape}
         escape = escapes.get(style, str)
-        head = [escape(n) for n in self.index_names()] + [c.header(style) for c in self.columns]
+        notes = self.has_notes
+        head = ([escape(n) for n in self.index_names()] + [c.header(style) for c in self.columns]
+                + (["notes"] if notes else []))
         body = [[escape(v) for v in self.index_values(r)] + [self.cell_text(r, c.metric, style) for c in self.columns]
+                + ([escape(self.notes_text(r))] if notes else [])
                 for r in self.rows]
         return pd.DataFrame(body, columns=head, dtype=object)
 
@@ -351,37 +419,99 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.=-]+", "_", text).strip("_") or "x"
 
 
-def _order(value: str, order: Sequence[str]) -> tuple[int, str]:
+def order_key(value: str, order: Sequence[str]) -> tuple[int, str]:
     return (order.index(value), "") if value in order else (len(order), value)
 
 
-def build_tables(rows: Sequence[Row]) -> list[Table]:
-    """One :class:`Table` per (task, dataset), tasks in :data:`TASK_ORDER`, data sets alphabetically."""
+def baseline_models(df: pd.DataFrame) -> dict[str, str]:
+    """``{model: baseline kind}`` for models any of whose rows carry ``extra["baseline"]`` (a string)."""
+    out: dict[str, str] = {}
+    for model, extra in zip(df["model"], df["extra"], strict=True):
+        kind = extra.get("baseline") if isinstance(extra, dict) else None
+        if isinstance(kind, str) and kind:
+            out.setdefault(str(model), kind)
+    return out
+
+
+def cell_values(df: pd.DataFrame, keys: Sequence[str] = CELL_KEY,
+                censored: frozenset[str] = frozenset()) -> dict[tuple[Any, ...], list[float]]:
+    """``{key tuple: values of the ok rows, by seed}`` (NaN values kept). Rows with a status in ``censored``
+    count as the worst value of their direction (``+inf`` for ``down``, ``-inf`` for ``up``): e.g. a target not
+    reached is an infinite time to it."""
+    ok = df[((df["status"] == "ok") & df["has_value"]) | df["status"].isin(list(censored))].copy()
+    if ok.empty:
+        return {}
+    worst = ok["direction"].map({"up": -math.inf}).fillna(math.inf)
+    ok["value"] = ok["value"].where(ok["status"] == "ok", worst)
+    ok = ok.sort_values("seed", kind="stable")
+    grouped = ok.groupby(list(keys), sort=False)["value"].agg(list)
+    return {k if isinstance(k, tuple) else (k,): [float(v) for v in vals] for k, vals in grouped.items()}
+
+
+def judged_interval(values: Sequence[float], direction: str | None, name: str) -> Interval:
+    """The bootstrap interval of what a cell is judged by: its mean (``up``, ``down``) or ``|mean|`` (``zero``);
+    a NaN interval for undirected cells and cells with a NaN value (their mean is NaN)."""
+    if direction not in ("up", "down", "zero") or not values or any(math.isnan(v) for v in values):
+        return Interval(math.nan, math.nan, math.nan)
+    with np.errstate(invalid="ignore"):
+        return seed_interval(values, name, statistic=np.abs if direction == "zero" else None)
+
+
+def mark_best(stats: pd.DataFrame, values: Mapping[tuple[Any, ...], Sequence[float]]) -> tuple[pd.Series, pd.Series]:
+    """``(best, tied)`` boolean Series over the cells of a :func:`seed_stats` frame (index :data:`CELL_KEY`):
+    within each (task, dataset, metric, input, settings) the leader by direction is best when its bootstrap
+    interval does not overlap the runner-up's (:func:`bench.report.bootstrap.leader`), else the leaders are
+    tied."""
+    best = pd.Series(False, index=stats.index)
+    tied = pd.Series(False, index=stats.index)
+    names = list(stats.index.names)
+    judged = ["task", "dataset", "metric", "input", "settings_key"]
+    for _, group in stats.groupby(level=judged, sort=False):
+        direction = next((d for d in group["direction"] if isinstance(d, str)), None)
+        if direction not in ("up", "down", "zero"):
+            continue
+        intervals = {}
+        for key in group.index:
+            name = "|".join(str(k) for k in key)
+            intervals[key] = judged_interval(values.get(key, []), direction, name)
+        verdict = leader(intervals, higher_is_better=direction == "up")
+        for key in verdict.best:
+            best[key] = True
+        for key in verdict.tied:
+            tied[key] = True
+    best.index.names = tied.index.names = names
+    return best, tied
+
+
+def build_tables(rows: Sequence[Row], censored: frozenset[str] = frozenset()) -> list[Table]:
+    """One :class:`Table` per (task, dataset), tasks in :data:`TASK_ORDER`, data sets alphabetically. Rows with a
+    status in ``censored`` are judged as the worst value (:func:`cell_values`); cells still show the ok rows."""
     df = frame(rows)
     stats = seed_stats(df, CELL_KEY)
     if stats.empty:
         return []
-    stats["score"] = score(stats["mean"], stats["direction"])
-    judged = stats.groupby(level=["task", "dataset", "metric", "input", "settings_key"], sort=False)["score"]
-    # a lone judged entry is not "best" of anything
-    stats["best"] = (judged.transform("count") >= 2) & (stats["score"] == judged.transform("max"))
-    untrained = untrained_models(df)
+    stats["best"], stats["tied"] = mark_best(stats, cell_values(df, CELL_KEY, censored))
+    baselines = baseline_models(df)
+    # a baseline fitted in closed form takes no steps: train_steps 0 does not mean "as initialised" for it
+    untrained = {(m, d) for m, d in untrained_models(df) if m not in baselines}
     flat = stats.reset_index()
     tables = []
     for (task, dataset), group in sorted(flat.groupby(["task", "dataset"], sort=False),
-                                         key=lambda kv: (_order(str(kv[0][0]), TASK_ORDER), str(kv[0][1]))):
-        tables.append(_build_table(str(task), str(dataset), group, untrained))
+                                         key=lambda kv: (order_key(str(kv[0][0]), TASK_ORDER), str(kv[0][1]))):
+        tables.append(_build_table(str(task), str(dataset), group, untrained, baselines))
     return tables
 
 
-def _build_table(task: str, dataset: str, group: pd.DataFrame, untrained: set[tuple[str, str]]) -> Table:
+def _build_table(task: str, dataset: str, group: pd.DataFrame, untrained: set[tuple[str, str]],
+                 baselines: Mapping[str, str]) -> Table:
     settings_order = list(dict.fromkeys(group["settings_key"]))
     columns: dict[str, Column] = {}
     cells: dict[tuple[TableRow, str], Cell] = {}
     best: set[tuple[TableRow, str]] = set()
+    tied: set[tuple[TableRow, str]] = set()
     for rec in group.to_dict("records"):
         row = TableRow(rec["model"], rec["variant"], rec["input"], rec["settings_key"], rec["settings"],
-                       (rec["model"], dataset) in untrained)
+                       (rec["model"], dataset) in untrained, baselines.get(rec["model"], ""))
         cell = Cell.from_stats(rec)
         col = columns.setdefault(rec["metric"], Column(rec["metric"]))
         col.unit = col.unit or cell.unit
@@ -389,17 +519,23 @@ def _build_table(task: str, dataset: str, group: pd.DataFrame, untrained: set[tu
         cells[(row, rec["metric"])] = cell
         if rec["best"]:
             best.add((row, rec["metric"]))
-    row_keys = sorted({r for r, _ in cells}, key=lambda r: (r.model, r.variant, _order(r.input, INPUT_ORDER),
+        if rec["tied"]:
+            tied.add((row, rec["metric"]))
+    row_keys = sorted({r for r, _ in cells}, key=lambda r: (r.is_reference, r.model, r.variant,
+                                                             order_key(r.input, INPUT_ORDER),
                                                              settings_order.index(r.settings_key)))
-    return Table(task=task, dataset=dataset, rows=row_keys, columns=list(columns.values()), cells=cells, best=best)
+    return Table(task=task, dataset=dataset, rows=row_keys, columns=list(columns.values()), cells=cells, best=best,
+                 tied=tied)
 
 
 def to_markdown(table: Table) -> str:
-    """A GitHub-flavoured Markdown table (no title)."""
+    """A GitHub-flavoured Markdown table (no title), its footnotes as lines under it."""
     shown = table.display("md")
     n_idx = len(table.index_names())
-    align = ["---"] * n_idx + ["---:"] * len(table.columns)
+    align = ["---"] * n_idx + ["---:"] * len(table.columns) + (["---"] if table.has_notes else [])
     lines = [_md_row(list(shown.columns)), _md_row(align)] + [_md_row(list(r)) for r in shown.itertuples(index=False)]
+    if table.footnotes:
+        lines += [""] + [f"{note}  " for note in table.footnotes[:-1]] + table.footnotes[-1:]
     return "\n".join(lines) + "\n"
 
 
@@ -409,7 +545,7 @@ def _md_row(cells: Sequence[str]) -> str:
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "---",
-                "±": r"$\pm$", "·": r"$\cdot$"}
+                "±": r"$\pm$", "·": r"$\cdot$", "†": r"\textdagger{}", "≤": r"$\le$", "≥": r"$\ge$", "–": "--"}
 
 
 def tex_escape(text: str) -> str:
@@ -419,8 +555,10 @@ def tex_escape(text: str) -> str:
 
 def to_latex(table: Table) -> str:
     """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), by pandas' Styler."""
-    spec = "l" * len(table.index_names()) + "r" * len(table.columns)
-    caption = f"{tex_escape(table.title)}: mean $\\pm$ std over seeds (n\\_ok/n\\_total); best in bold."
+    spec = "l" * len(table.index_names()) + "r" * len(table.columns) + ("l" if table.has_notes else "")
+    caption = (f"{tex_escape(table.title)}: mean $\\pm$ std over seeds (n\\_ok/n\\_total); best in bold where its "
+               "95\\% bootstrap interval over seeds does not overlap the runner-up's.")
+    caption += "".join(f" {tex_escape(note)}" for note in table.footnotes)
     return table.display("tex").style.hide(axis="index").to_latex(
         column_format=spec, position="ht", position_float="centering", hrules=True, caption=caption,
         label=f"tab:{table.slug}")
@@ -431,6 +569,7 @@ def to_html(table: Table) -> str:
     out = ["<table>", "<thead><tr>"]
     out += [f"<th>{html.escape(n)}</th>" for n in table.index_names()]
     out += [f"<th>{c.header('html')}</th>" for c in table.columns]
+    out += ["<th>notes</th>"] if table.has_notes else []
     out.append("</tr></thead><tbody>")
     for row in table.rows:
         out.append("<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in table.index_values(row)))
@@ -438,8 +577,11 @@ def to_html(table: Table) -> str:
             cell = table.cells.get((row, c.metric))
             cls = "num" if cell is None or cell.n_ok == cell.n_total else ("num partial" if cell.n_ok else "status")
             out.append(f'<td class="{cls}">{table.cell_text(row, c.metric, "html")}</td>')
+        if table.has_notes:
+            out.append(f'<td class="note">{html.escape(table.notes_text(row))}</td>')
         out.append("</tr>")
     out.append("</tbody></table>")
+    out += [f'<p class="footnote">{html.escape(note)}</p>' for note in table.footnotes]
     return "\n".join(out) + "\n"
 
 

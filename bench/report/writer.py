@@ -2,12 +2,16 @@
 
 The report folder holds:
 
-- ``README.md``: the command that regenerates it, one table per (task, data set) (see
-  :mod:`bench.report.tables` for the cell format), the paper references beside the measured values
-  (:mod:`bench.report.references`), the plots (and a note for each plot kind without data), the run record;
-- ``index.html``: the same on one self-contained page (images by relative path);
-- ``rows.csv`` (every row, tidy), ``tables/<task>__<dataset>.csv`` (one summary per table, long form),
-  ``tables/<task>__<dataset>.tex`` and ``tables/tables.tex`` (LaTeX, booktabs), ``references.csv``;
+- ``README.md``: the command that regenerates it, the leaderboard (:mod:`bench.report.leaderboard`: one row per
+  model, its headline per task with bootstrap intervals), one table per (task, data set) (see
+  :mod:`bench.report.tables` for the cell format and :mod:`bench.report.annotate` for the baselines, marks and
+  joined columns), each followed by its plots, the paper references beside the measured values
+  (:mod:`bench.report.references`), a note for each plot kind without data, the run record;
+- ``index.html``: the same on one self-contained page with a table of contents, each plot beside its table
+  (images by relative path);
+- ``rows.csv`` (every row, tidy), ``leaderboard.csv`` (long form), ``tables/<task>__<dataset>.csv`` (one summary
+  per table, long form), ``tables/<task>__<dataset>.tex`` and ``tables/tables.tex`` (LaTeX, booktabs),
+  ``references.csv``;
 - ``plots/*.png``.
 
 Nothing in it depends on the time it was made, so a report regenerated from the same store is identical.
@@ -24,13 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from bench.report.annotate import report_tables
 from bench.report.html import render_page
+from bench.report.leaderboard import LEGEND as LEADERBOARD_LEGEND
+from bench.report.leaderboard import Leaderboard, build_leaderboard, leaderboard_frame
+from bench.report.leaderboard import to_markdown as leaderboard_markdown
 from bench.report.plots import Plot, Skipped, make_plots
 from bench.report.references import REFERENCE_FIELDS, STATUS_NOTE, match_references, reference_records, references_frame
 from bench.report.tables import (
     Store,
     Table,
-    build_tables,
     load_store,
     rows_frame,
     summary_frame,
@@ -42,8 +49,11 @@ from bench.run.rundir import STATUSES
 
 LEGEND = ("Cells: mean ± std over seeds (n_ok/n_total). Bold: best of its column among rows with the same input "
           "and settings (↑ higher is better, ↓ lower is better, |·| ↓ closest to zero; columns without a direction "
-          "are not judged). A status (unsupported, diverged k/n, error k/n, ...) counts the rows that gave no value; "
-          "— means no row.")
+          "are not judged), only where its 95 % bootstrap interval over seeds does not overlap the runner-up's: a "
+          "leader within the runner-up's interval is a tie and is not bolded (with one seed the interval is the "
+          "value itself). A status (unsupported, diverged k/n, error k/n, not reached k/n, ...) counts the rows that "
+          "gave no value; — means no row. (baseline): a reference model, e.g. the Gaussian fitted to the training "
+          "data; (analytic): a value computed by the report, not measured.")
 
 
 #: run-record keys shown first (machine, device, versions, commit), the rest follow in file order
@@ -105,8 +115,22 @@ def _run_command_lines(store: Store) -> list[str]:
     return ["Results from:", "", "```", *lines, "```", ""]
 
 
+def plots_by_table(tables: Sequence[Table], plots: Sequence[Plot]) -> tuple[dict[str, list[Plot]], list[Plot]]:
+    """``({table slug: its plots}, plots without a table)``: a plot belongs to the table of its task and data set."""
+    slugs = {(t.task, t.dataset): t.slug for t in tables}
+    placed: dict[str, list[Plot]] = {}
+    loose: list[Plot] = []
+    for plot in plots:
+        key = slugs.get((plot.task, plot.dataset))
+        if key is None:
+            loose.append(plot)
+        else:
+            placed.setdefault(key, []).append(plot)
+    return placed, loose
+
+
 def render_readme(store: Store, command: str, tables: Sequence[Table], references: Sequence[dict[str, str]],
-                  plots: Sequence[Plot], skipped: Sequence[Skipped]) -> str:
+                  plots: Sequence[Plot], skipped: Sequence[Skipped], board: Leaderboard | None = None) -> str:
     """The report's README.md."""
     lines = [
         f"# invbench report: {store.name}",
@@ -118,23 +142,32 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
         command,
         "```",
         "",
+    ]
+    if board is not None:
+        lines += ["## Leaderboard", "", leaderboard_markdown(board), LEADERBOARD_LEGEND, ""]
+    lines += [
         f"{len(store.rows)} rows ({_status_summary(store)}) in {len(tables)} tables. {LEGEND}",
         "",
     ]
     notes = [skipped_lines_text(store), untrained_text(tables)]
     lines += [n for note in notes if note for n in (note, "")]
+    placed, loose = plots_by_table(tables, plots)
     task = None
     for table in tables:
         if table.task != task:
             task = table.task
             lines += [f"## {task}", ""]
         lines += [f"### {table.title}", "", to_markdown(table)]
+        for plot in placed.get(table.slug, []):
+            lines += [f"![{plot.title}]({plot.path})", ""]
     lines += ["## Paper references", "", STATUS_NOTE, ""]
     lines.append("| " + " | ".join(REFERENCE_FIELDS) + " |")
     lines.append("|" + "---|" * len(REFERENCE_FIELDS))
     lines += ["| " + " | ".join(_md_escape(r[f]) for f in REFERENCE_FIELDS) + " |" for r in references]
     lines += ["", "## Plots", ""]
-    for plot in plots:
+    if plots and not loose:
+        lines += ["Every plot is shown under its table.", ""]
+    for plot in loose:
         lines += [f"![{plot.title}]({plot.path})", ""]
     if skipped:
         lines += ["Not drawn:", ""]
@@ -148,8 +181,9 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
     else:
         lines.append("No run.json beside the results.")
     lines += ["", "## Files", "",
-              "`rows.csv` (every row), `tables/*.csv` (one summary per table), `tables/*.tex` and `tables/tables.tex` "
-              "(LaTeX, needs `\\usepackage{booktabs}`), `references.csv`, `index.html` (this page with the plots).",
+              "`rows.csv` (every row), `leaderboard.csv` (the leaderboard, long form), `tables/*.csv` (one summary per "
+              "table), `tables/*.tex` and `tables/tables.tex` (LaTeX, needs `\\usepackage{booktabs}`), "
+              "`references.csv`, `index.html` (this page with the plots).",
               ""]
     return "\n".join(lines)
 
@@ -171,8 +205,11 @@ def write_report(results: str | Path | Store, out: str | Path | None = None, com
     if command is None:
         command = f"invbench report {shlex.quote(str(results))} -o {shlex.quote(str(out_dir))}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    tables = build_tables(store.rows)
+    tables = report_tables(store.rows)
+    board = build_leaderboard(store.rows)
     write_csv(out_dir / "rows.csv", rows_frame(store.rows, store.record))
+    if board is not None:
+        write_csv(out_dir / "leaderboard.csv", leaderboard_frame(board))
     tex = []
     for table in tables:
         write_csv(out_dir / "tables" / f"{table.slug}.csv", summary_frame(table))
@@ -185,11 +222,12 @@ def write_report(results: str | Path | Store, out: str | Path | None = None, com
     references = reference_records(match_references(store.rows, store.record))
     write_csv(out_dir / "references.csv", references_frame(references))
     plots, skipped = make_plots(store, out_dir)
-    (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped),
+    (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped, board),
                                        encoding="utf-8")
     legend = " ".join(p for p in (LEGEND, skipped_lines_text(store), untrained_text(tables)) if p)
+    placed, loose = plots_by_table(tables, plots)
     page = render_page(f"invbench report: {store.name}", command, legend, flatten_record(store.record), tables,
-                       references, plots, skipped, STATUS_NOTE)
+                       references, placed, loose, skipped, STATUS_NOTE, board)
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     return out_dir
 
