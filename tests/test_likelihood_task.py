@@ -448,3 +448,23 @@ def test_options_are_typed_and_checked() -> None:
         LikelihoodTask.parse_options({"artifacts": "yes"}, "tasks.likelihood")
     with pytest.raises(OptionError, match="unknown estimator setting 'term'; did you mean terms"):
         LikelihoodTask.parse_options({"eval_estimator": {"term": 20}}, "tasks.likelihood")
+
+
+def test_volume_preserving_model_reports_its_floor_beside_its_figures() -> None:
+    """revnet-native without NICE's scaling is volume-preserving: its rows carry the floor (D/2) ln 2pi (the data
+    here has no pre-processing), its test NLL is not below it, and with the scaling no floor is declared."""
+    from models.revnet import RevNetNative
+
+    dataset, _ = gaussian_dataset(4, n=512)
+    budget = Budget(steps=5, batch_size=64, lr=1e-3)
+    ctx = make_ctx(lambda: RevNetNative(shape=(4,), scaling=False, hidden=8), dataset, budget, curve_evals=0)
+    rows = by_name(LikelihoodTask().run(ctx))
+    floor = 0.5 * 4 * math.log(2 * math.pi)
+    assert rows["test_nll"].extra["volume_preserving"] is True
+    assert rows["test_nll"].extra["floor"] == pytest.approx(floor)
+    assert rows["test_bpd"].extra["floor"] == pytest.approx(bits_per_dim(floor, 4, None))
+    assert rows["kl_gap"].extra["floor"] == pytest.approx(floor - dataset.entropy)
+    assert rows["test_nll"].value is not None and rows["test_nll"].value >= floor
+    scaled = by_name(LikelihoodTask().run(make_ctx(lambda: RevNetNative(shape=(4,), hidden=8), dataset, budget,
+                                                   curve_evals=0)))
+    assert "floor" not in scaled["test_nll"].extra

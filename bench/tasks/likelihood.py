@@ -373,6 +373,17 @@ def train_loss_check(final_loss: float, stderr: float, entropy: float) -> dict[s
             "train_loss_margin": margin, "train_loss_noise": noise}
 
 
+def volume_floor(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int) -> float | None:
+    """The least test NLL (nats per example of the data) ``model`` can reach, from
+    :meth:`models.base.InvertibleModel.nll_floor` (a volume-preserving model with an N(0, I) base), moved by the
+    mean log-det of the data set's pre-processing on the fixed test points; None where the model has no floor."""
+    floor = model.nll_floor()
+    if floor is None:
+        return None
+    _, ldj = preprocess_batch(dataset, fixed_test_x(dataset, seed), device, model_dtype(model))
+    return floor - float(ldj.double().mean())
+
+
 class LikelihoodTask(Task):
     """Test NLL (nats), bits/dim and, for densities with a known entropy, the KL gap after training."""
 
@@ -422,13 +433,20 @@ class LikelihoodTask(Task):
         if dataset.entropy is not None:
             extra.update(train_loss_check(result.final_loss, result.final_loss_stderr, dataset.entropy))
         bpd_scale = 1.0 / (dataset.dim * math.log(2))
+        floor = volume_floor(model, dataset, ctx.device, ctx.seed)
+        bpd_extra: dict[str, Any] = {"levels": dataset.levels, "stderr": stderr * bpd_scale}
+        kl_extra: dict[str, Any] = {"entropy": dataset.entropy, "stderr": stderr}
+        if floor is not None:
+            extra.update(volume_preserving=True, floor=floor)
+            bpd_extra.update(volume_preserving=True, floor=float(bits_per_dim(floor, dataset.dim, dataset.levels)))
+            if dataset.entropy is not None:
+                kl_extra.update(volume_preserving=True, floor=floor - dataset.entropy)
         metrics = [
             TEST_NLL(mean, extra=extra),
-            TEST_BPD(float(bits_per_dim(mean, dataset.dim, dataset.levels)),
-                     extra={"levels": dataset.levels, "stderr": stderr * bpd_scale}),
+            TEST_BPD(float(bits_per_dim(mean, dataset.dim, dataset.levels)), extra=bpd_extra),
         ]
         if dataset.entropy is not None:
-            metrics.append(KL_GAP(mean - dataset.entropy, extra={"entropy": dataset.entropy, "stderr": stderr}))
+            metrics.append(KL_GAP(mean - dataset.entropy, extra=kl_extra))
         if estimator:
             metrics.append(estimator_gap(model, ctx, options, nll, plan))
         return model, [*metrics, *tail]
