@@ -131,6 +131,8 @@ def test_baselines_marks_params_and_floors_in_the_likelihood_table() -> None:
                  extra={"train_loss_below_entropy": True}),
         *rows_of("close-x", "likelihood", "digits", "test_nll", [1.0, 1.1],
                  extra={"train_loss_below_entropy": False}),
+        *rows_of("vp-x", "likelihood", "digits", "test_nll", [260.0, 270.0],
+                 extra={"volume_preserving": True, "floor": 250.0}),
         *[r for m, n in (("good-x", 1000), ("gaussian-fit", 2144)) for r in rows_of(m, "cost", "digits", "params",
                                                                                        [n, n])],
     ]
@@ -142,7 +144,7 @@ def test_baselines_marks_params_and_floors_in_the_likelihood_table() -> None:
     assert f"| {math.log2(17):.4g} (analytic) |" in _line(md, f"{UNIFORM_LABEL} (analytic)")
     assert NO_BETTER in _line(md, "close-x") and NO_BETTER in _line(md, "worse-x")
     assert NO_BETTER not in _line(md, "good-x")
-    assert "volume-preserving: floor 5.413 bits/dim" in _line(md, "vp-x")
+    assert "volume-preserving, floor: test_bpd 5.413 bits/dim, test_nll 250 nats" in _line(md, "vp-x")
     assert f"(2/2) {ESTIMATOR_MARK}" in _line(md, "good-x") and ESTIMATOR_MARK not in _line(md, "close-x")
     assert any(f.startswith(ESTIMATOR_MARK) for f in table.footnotes)
     assert "| 1,000 |" in _line(md, "good-x") and "| 2,144 |" in _line(md, "gaussian-fit (baseline)")

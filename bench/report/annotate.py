@@ -11,8 +11,9 @@ to judge them.
   on the dequantised cube, NLL 0 in scaled units. A model whose headline (``kl_gap`` where the table has it,
   else ``test_bpd``) has a 95 % bootstrap interval over seeds that overlaps the Gaussian's, or a worse mean, is
   noted ``no better than a Gaussian``.
-- Floors: a likelihood row whose ``extra`` declares ``"volume_preserving": true`` is noted so, with
-  ``extra["floor"]`` (bits/dim on ``test_bpd`` rows) beside it where the row gives one.
+- Floors: a model whose likelihood rows declare ``"volume_preserving": true`` in ``extra`` is noted so, with the
+  least value each metric can reach (``extra["floor"]``, in the row's unit) beside its figures: a volume-preserving
+  flow with an N(0, I) base cannot have a test NLL below (D/2) ln 2 pi plus the pre-processing's log-det.
 - Estimator honesty: a ``test_nll`` cell any of whose rows has ``extra["train_loss_below_entropy"]`` true gets
   the mark ``†`` and a footnote.
 - FLOPs: cost and inverse_cost tables with FLOP columns get a footnote on what ``FlopCounterMode`` counts.
@@ -151,23 +152,28 @@ def mark_gaussian(table: Table, values: dict[tuple[Any, ...], list[float]]) -> N
 
 
 def note_floors(table: Table, df: pd.DataFrame) -> None:
-    """Note the rows whose likelihood rows declare ``volume_preserving``, with their ``floor`` in bits/dim."""
+    """Note the rows whose likelihood rows declare ``volume_preserving``, with the ``floor`` each metric's rows give
+    (in that metric's unit: test_nll and kl_gap in nats, test_bpd in bits/dim), mean over seeds."""
     sub = df[(df["task"] == "likelihood") & (df["dataset"] == table.dataset)]
-    declared: dict[tuple[str, str], float | None] = {}
-    for model, variant, metric, extra in zip(sub["model"], sub["variant"], sub["metric"], sub["extra"], strict=True):
+    declared: dict[tuple[str, str], dict[str, list[float]]] = {}
+    units: dict[str, str] = {}
+    for model, variant, metric, unit, extra in zip(sub["model"], sub["variant"], sub["metric"], sub["unit"],
+                                                   sub["extra"], strict=True):
         if not (isinstance(extra, dict) and extra.get("volume_preserving") is True):
             continue
-        floor = extra.get("floor") if metric == "test_bpd" else None
-        key = (str(model), str(variant))
+        floors = declared.setdefault((str(model), str(variant)), {})
+        floor = extra.get("floor")
         if isinstance(floor, int | float) and math.isfinite(floor):
-            declared[key] = float(floor)
-        else:
-            declared.setdefault(key, None)
+            floors.setdefault(str(metric), []).append(float(floor))
+            units.setdefault(str(metric), str(unit))
+    order = [c.metric for c in table.columns]
     for row in table.rows:
-        if (row.model, row.variant) in declared:
-            floor = declared[(row.model, row.variant)]
-            table.add_note(row, "volume-preserving" + (f": floor {fmt_num(floor)} bits/dim" if floor is not None
-                                                       else ""))
+        floors = declared.get((row.model, row.variant))
+        if floors is None:
+            continue
+        shown = [f"{m} {fmt_num(sum(v) / len(v))}" + (f" {units[m]}" if units.get(m) else "")
+                 for m, v in sorted(floors.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+        table.add_note(row, "volume-preserving" + (f", floor: {', '.join(shown)}" if shown else ""))
 
 
 def mark_estimator_bias(table: Table, df: pd.DataFrame) -> None:
