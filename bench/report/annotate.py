@@ -168,11 +168,11 @@ def note_floors(table: Table, df: pd.DataFrame) -> None:
             units.setdefault(str(metric), str(unit))
     order = [c.metric for c in table.columns]
     for row in table.rows:
-        floors = declared.get((row.model, row.variant))
-        if floors is None:
+        found = declared.get((row.model, row.variant))
+        if found is None:
             continue
         shown = [f"{m} {fmt_num(sum(v) / len(v))}" + (f" {units[m]}" if units.get(m) else "")
-                 for m, v in sorted(floors.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
+                 for m, v in sorted(found.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)]
         table.add_note(row, "volume-preserving" + (f", floor: {', '.join(shown)}" if shown else ""))
 
 
