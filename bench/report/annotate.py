@@ -53,8 +53,8 @@ ESTIMATOR_MARK = "†"
 ESTIMATOR_NOTE = (f"{ESTIMATOR_MARK} training loss below the data's entropy on at least one seed (beyond its noise): "
                   "exploits its estimator's bias (train_loss_margin in rows.csv).")
 FLOP_METRICS: tuple[str, ...] = ("flops_forward", "flops_inverse", "inverse_flop_units")
-FLOP_NOTE = ("FLOPs counted by torch.utils.flop_counter.FlopCounterMode, which counts matrix products only "
-             "(splines, activations and slogdet count zero).")
+FLOP_NOTE = ("FLOPs counted by torch.utils.flop_counter.FlopCounterMode, which counts matrix products and "
+             "convolutions only (splines, activations, elementwise ops and slogdet count zero).")
 #: the tables that get the params column
 PARAMS_TASKS: tuple[str, ...] = ("likelihood", "classification")
 
