@@ -114,7 +114,7 @@ def seed_interval(values: Sequence[float], name: str = "", statistic: Callable[[
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of the tie rule over one column: ``best`` (told apart from the runner-up) or ``tied`` (the
+    """The outcome of the tie rule over one column: ``best`` (told apart from every other entry) or ``tied`` (the
     leader and every entry whose interval overlaps the leader's); both empty when fewer than two are judged."""
 
     best: frozenset[str]

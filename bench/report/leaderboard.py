@@ -15,8 +15,9 @@ Headlines (rows of the model itself: no ``variant``, no settings; a column is le
 
 Every value is an aggregate of per-(model, data set) means over seeds. Its interval: resample the seeds of every
 (model, data set) with replacement, recompute the aggregate (ranks included) on the joint resample, take the
-2.5th and 97.5th percentiles. A column's leader is marked ``best`` (bold) only where its interval does not
-overlap the runner-up's; otherwise the leader and every model whose interval overlaps it are marked ``tie``.
+2.5th and 97.5th percentiles. A column's leader is marked ``best`` (bold) only where its interval overlaps no
+other's (the runner-up's first of all); otherwise the leader and every model whose interval overlaps it are
+marked ``tie``.
 A model with values on fewer data sets than the column counts says so (``3/5 sets``). Baseline models
 (``extra["baseline"]``, e.g. the fitted Gaussian) are ranked like any model and labelled ``(baseline)``.
 """
@@ -41,9 +42,10 @@ Aggregate = Literal["rank", "value", "median", "max"]
 TEST_INPUTS: frozenset[str] = frozenset({"", "test"})
 LEGEND = ("Leaderboard: one row per model (its own rows: no variant, no settings); value [95 % bootstrap interval "
           "over seeds]. Ranks: 1 is best, the median over data sets of the model's rank by kl_gap (where the data "
-          "set has a known entropy) or test_bpd, or by test_accuracy. Bold: best, its interval clear of the "
-          "runner-up's; tie: the leader's interval overlaps the runner-up's, and every model within the leader's "
-          "interval is marked. k/n sets: the model has values on k of the column's n data sets.")
+          "set has a known entropy) or test_bpd, or by test_accuracy. Bold: best, its interval clear of every "
+          "other's (the runner-up's first of all); tie: the leader's interval overlaps another's, and the leader "
+          "and every model whose interval overlaps it are marked. k/n sets: the model has values on k of the "
+          "column's n data sets.")
 
 
 @dataclass

@@ -414,6 +414,11 @@ def _learning_curves(store: Store, plot_dir: Path, skipped: list[Skipped]) -> li
                 ax.plot(_positive(curve["seconds"]), y, "o-", ms=2.5, lw=1.0, color=color,
                         label=model if i == 0 else "_")
         _finish(ax, True, logy, "training seconds (evaluation excluded)", metric)
+        xs = [v for curves in by_model.values() for c in curves for v in _positive(c["seconds"]) if np.isfinite(v)]
+        if xs and max(xs) / min(xs) > 1e3:  # many decades: one labelled tick per decade
+            from matplotlib.ticker import LogLocator
+
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0,)))
         ax.legend(fontsize=6, ncols=2 if len(by_model) > 6 else 1)
         plots.append(_save(fig, plot_dir, "learning_curves", dataset, f"{metric} vs training time on {dataset}",
                            part=metric, task=task))

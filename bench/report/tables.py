@@ -12,7 +12,8 @@ rows with a status other than ``ok`` are counted and shown by status ("unsupport
 dropped. The leading cell of a column among rows with the same input and settings is chosen by the direction:
 ``up`` the largest mean, ``down`` the smallest, ``zero`` the smallest ``|mean|``; undirected columns are not
 judged. It is marked best (bold) only where its 95 % bootstrap interval over seeds (:mod:`bench.report.bootstrap`)
-does not overlap the runner-up's; a leader within the runner-up's interval is a tie and is not bolded.
+overlaps no other cell's, the runner-up's first of all; a leader whose interval overlaps another's is a tie and
+is not bolded.
 
 A model whose rows carry ``extra["baseline"]`` (e.g. the fitted Gaussian, ``gaussian-fit``) is labelled
 ``(baseline)`` and listed after the models. Tables may carry per-row ``notes`` (a trailing column), per-cell
@@ -337,7 +338,7 @@ class Table:
     columns: list[Column]
     cells: dict[tuple[TableRow, str], Cell]
     best: set[tuple[TableRow, str]]
-    #: leaders tied with the runner-up (interval overlap): judged, not bolded
+    #: the leader and the cells whose intervals overlap it: judged, not bolded
     tied: set[tuple[TableRow, str]] = field(default_factory=set)
     #: per-row remarks, shown in a trailing ``notes`` column
     notes: dict[TableRow, list[str]] = field(default_factory=dict)
@@ -460,8 +461,7 @@ def judged_interval(values: Sequence[float], direction: str | None, name: str) -
 def mark_best(stats: pd.DataFrame, values: Mapping[tuple[Any, ...], Sequence[float]]) -> tuple[pd.Series, pd.Series]:
     """``(best, tied)`` boolean Series over the cells of a :func:`seed_stats` frame (index :data:`CELL_KEY`):
     within each (task, dataset, metric, input, settings) the leader by direction is best when its bootstrap
-    interval does not overlap the runner-up's (:func:`bench.report.bootstrap.leader`), else the leaders are
-    tied."""
+    interval overlaps no other's (:func:`bench.report.bootstrap.leader`), else the leaders are tied."""
     best = pd.Series(False, index=stats.index)
     tied = pd.Series(False, index=stats.index)
     names = list(stats.index.names)
@@ -557,7 +557,7 @@ def to_latex(table: Table) -> str:
     """A ``table`` float with a booktabs ``tabular`` (needs ``\\usepackage{booktabs}``), by pandas' Styler."""
     spec = "l" * len(table.index_names()) + "r" * len(table.columns) + ("l" if table.has_notes else "")
     caption = (f"{tex_escape(table.title)}: mean $\\pm$ std over seeds (n\\_ok/n\\_total); best in bold where its "
-               "95\\% bootstrap interval over seeds does not overlap the runner-up's.")
+               "95\\% bootstrap interval over seeds overlaps no other's.")
     caption += "".join(f" {tex_escape(note)}" for note in table.footnotes)
     return table.display("tex").style.hide(axis="index").to_latex(
         column_format=spec, position="ht", position_float="centering", hrules=True, caption=caption,
