@@ -51,9 +51,9 @@ LEGEND = ("Cells: mean ± std over seeds (n_ok/n_total). Bold: best of its colum
           "and settings (↑ higher is better, ↓ lower is better, |·| ↓ closest to zero; columns without a direction "
           "are not judged), only where its 95 % bootstrap interval over seeds overlaps no other's (the runner-up's "
           "first of all): a leader whose interval overlaps another's is a tie and is not bolded (with one seed the "
-          "interval is the value itself). A status (unsupported, diverged k/n, error k/n, not reached k/n, ...) counts the rows that "
-          "gave no value; — means no row. (baseline): a reference model, e.g. the Gaussian fitted to the training "
-          "data; (analytic): a value computed by the report, not measured.")
+          "interval is the value itself). A status (unsupported, diverged k/n, error k/n, not reached k/n, ...) "
+          "counts the rows that gave no value; — means no row. (baseline): a reference model, e.g. the Gaussian "
+          "fitted to the training data; (analytic): a value computed by the report, not measured.")
 
 
 #: run-record keys shown first (machine, device, versions, commit), the rest follow in file order
