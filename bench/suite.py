@@ -242,18 +242,18 @@ def _targets(c: _Ctx, path: str, table: Any) -> dict[str, float]:
 
 
 def _check_targets(c: _Ctx, suite: Suite, entry: DatasetEntry) -> None:
-    """Each target names a metric with a direction that one of the tasks run on the data set emits."""
+    """Each target names a metric that one of the tasks run on the data set reports ``time_to_target`` for
+    (``Task.target_metrics``)."""
     from bench.tasks.registry import get_task
 
-    specs = {s.name: s for t in suite.tasks_on(entry.name) for s in get_task(t).metric_specs}
-    judged = sorted(n for n, s in specs.items() if s.direction is not None)
+    judged = sorted({m for t in suite.tasks_on(entry.name) for m in get_task(t).target_metrics})
     for k in entry.targets:
         path = f"datasets.{_key(entry.name)}.targets.{_key(k)}"
-        if k not in specs:
-            raise c.fail(path, f"{k!r} is not a metric of the tasks run on {entry.name}{_near(k, judged)} "
-                               f"(metrics: {', '.join(judged)})")
-        if specs[k].direction is None:
-            raise c.fail(path, f"{k!r} has no better direction, so no target can be reached")
+        if k not in judged:
+            known = f"(metrics with a time_to_target: {', '.join(judged)})" if judged else \
+                "(no task run on it reports time_to_target)"
+            raise c.fail(path, f"{k!r} is not a metric with a time_to_target in the tasks run on {entry.name}"
+                               f"{_near(k, judged)} {known}")
 
 
 def _seeds(c: _Ctx, value: Any) -> list[int]:

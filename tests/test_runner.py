@@ -450,8 +450,9 @@ models."iresnet-native" = {{ depth = 8, hidden = 32, hidden_layers = 1 }}
             matched = cell.match_params
             assert matched is not None and matched.target == target
             cls = registry.get(cell.model)
-            if cls.width_hparam is None:  # e.g. the Gaussian baseline: unsupported rows (below)
-                assert not matched.matched and matched.value is None and cell.model == "gaussian-fit"
+            if cls.width_hparam is None:  # the Gaussian baseline: run unscaled (below)
+                assert not matched.matched and matched.value is None and matched.baseline
+                assert cell.model == "gaussian-fit"
                 continue
             assert matched.hparam == cls.width_hparam and cell.hparams[matched.hparam] == matched.value
             meta = metas[cell.dataset]
@@ -473,7 +474,7 @@ def test_match_params_rows_and_an_unreachable_target(tmp_path: Path) -> None:
     def suite_with(target: int) -> Any:
         path = tmp_path / f"m{target}.toml"
         path.write_text(f"""
-models = ["realnvp-nflows", "gaussian-fit"]
+models = ["realnvp-nflows", "gaussian-fit", "models.template:LinearFlow"]
 tasks = ["{ECHO}"]
 match_params = {target}
 [datasets.moons]
@@ -489,9 +490,14 @@ n_test = 32
     extra = realnvp[0].extra["match_params"]
     assert extra["hparam"] == "hidden" and extra["target"] == 5000 and abs(extra["params"] - 5000) <= 500
     assert all(r.extra["match_params"] == extra for r in realnvp)
+    # the baseline runs unscaled; a competitor without a width hyper-parameter cannot be matched
     gauss = [r for r in rows if r.model == "gaussian-fit"]
-    assert gauss and all(r.status == "unsupported" and r.value is None for r in gauss)
-    assert "width hyper-parameter" in gauss[0].extra["requires"] and gauss[0].extra["match_params"]["hparam"] is None
+    assert gauss and all(r.status == "ok" for r in gauss)
+    assert gauss[0].extra["match_params"]["baseline"] is True and gauss[0].extra["match_params"]["hparam"] is None
+    linear = [r for r in rows if r.model == "models.template:LinearFlow"]
+    assert linear and all(r.status == "unsupported" and r.value is None for r in linear)
+    assert "width hyper-parameter" in linear[0].extra["requires"]
+    assert linear[0].extra["match_params"]["hparam"] is None and not linear[0].extra["match_params"]["baseline"]
     # a target below the smallest realnvp-nflows on moons stops the run before any compute, in one line
     with pytest.raises(ValueError) as info:
         run_suite(suite_with(10), tmp_path / "small", executor=InProcessExecutor())

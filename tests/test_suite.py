@@ -135,15 +135,19 @@ ERRORS = [
      "suite quick.toml: match_params: expected a positive integer (trainable parameters per model), got float 25000.0"),
     ("datasets = ['moons']\nmatch_params = true\n", "suite quick.toml: match_params: expected a positive integer"),
     ("[datasets.moons]\ntargets = { kl_gp = 0.2 }\n", "suite quick.toml: datasets.moons.targets.kl_gp: 'kl_gp' is not "
-     "a metric of the tasks run on moons; did you mean kl_gap?"),
+     "a metric with a time_to_target in the tasks run on moons; did you mean kl_gap?"),
     ("[datasets.moons]\ntasks = ['cost']\ntargets = { kl_gap = 0.2 }\n", "suite quick.toml: datasets.moons.targets."
-     "kl_gap: 'kl_gap' is not a metric of the tasks run on moons (metrics: "),
+     "kl_gap: 'kl_gap' is not a metric with a time_to_target in the tasks run on moons (no task run on it "
+     "reports time_to_target)"),
     ("[datasets.moons]\ntargets = { kl_gap = 'low' }\n",
      "suite quick.toml: datasets.moons.targets.kl_gap: expected a number, got string 'low'"),
     ("[datasets.moons]\ntargets = { kl_gap = nan }\n", "suite quick.toml: datasets.moons.targets.kl_gap: must be "
      "finite, got nan"),
     ("[datasets.moons]\ntargets = { train_time = 3 }\n", "suite quick.toml: datasets.moons.targets.train_time: "
-     "'train_time' has no better direction"),
+     "'train_time' is not a metric with a time_to_target"),
+    ("[datasets.moons]\ntargets = { recon_err = 1e-3 }\n", "suite quick.toml: datasets.moons.targets.recon_err: "
+     "'recon_err' is not a metric with a time_to_target in the tasks run on moons (metrics with a time_to_target: "
+     "kl_gap, test_accuracy, test_bpd, test_nll)"),
     ("[datasets.moons]\ntargets = 0.2\n", "suite quick.toml: datasets.moons.targets: expected a table metric -> "
      "threshold"),
 ]

@@ -9,9 +9,11 @@ the last two widths (the count grows with the width). The width goes into the ce
 per-data-set override, replacing a value the suite gives for it, so the config hash and the checkpoints follow it;
 every row of the cell carries ``extra["match_params"]`` (:class:`MatchedWidth`).
 
-A model that declares no width gets ``unsupported`` rows (its :class:`MatchedWidth` has ``hparam`` None and its
-own parameter count); a model whose nearest width is more than 10 % from N stops the run before any compute with
-one line (:class:`MatchError`): the target does not suit that model on that data set.
+A baseline model (``baseline`` set on its class, such as ``gaussian-fit``) is not a competitor: it runs as it is,
+its rows recording its own parameter count (``baseline`` true). Any other model that declares no width gets
+``unsupported`` rows (its :class:`MatchedWidth` has ``hparam`` None and its own parameter count); a model whose
+nearest width is more than 10 % from N stops the run before any compute with one line (:class:`MatchError`): the
+target does not suit that model on that data set.
 
 This module imports torch only inside functions (the worker imports it before choosing its device).
 """
@@ -35,12 +37,14 @@ class MatchError(ValueError):
 @dataclass(frozen=True)
 class MatchedWidth:
     """What ``match_params`` chose for one (model, data set): the width hyper-parameter and its value (None for a
-    model that declares none), the trainable parameters it gives and the target."""
+    model that declares none), the trainable parameters it gives and the target; ``baseline``: the model is a
+    baseline, run unscaled."""
 
     hparam: str | None
     value: int | None
     params: int
     target: int
+    baseline: bool = False
 
     @property
     def matched(self) -> bool:
@@ -83,6 +87,8 @@ def match_width(model: str, shape: Sequence[int], num_classes: int | None, hpara
             counts[key] = trainable_parameters(built)
         return counts[key]
 
+    if cls.baseline is not None:
+        return MatchedWidth(None, None, count(None), target, baseline=True)
     if name is None:
         return MatchedWidth(None, None, count(None), target)
     lo, hi = 0, 1

@@ -91,7 +91,6 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str, info: InfoFn | No
     tasks = suite.ordered_tasks()
     classes = {t: get_task(t) for t in tasks}
     metrics = {t: tuple(classes[t].metric_specs) for t in tasks}
-    emitted = {t: {m.name for m in metrics[t]} for t in tasks}
     info = info or SupportCheck(suite.seeds[0]).info
     groups: list[list[CellSpec]] = []
     for model in suite.models:
@@ -110,7 +109,7 @@ def plan(suite: Suite, *, run_id: str, out: Path, device: str, info: InfoFn | No
                     config: dict[str, Any] = {"model": model, "hparams": hparams, "dataset": entry.name,
                                               "dataset_options": entry.options, "task": task, "task_options": opts,
                                               "budget": budget}
-                    targets = {k: v for k, v in entry.targets.items() if k in emitted[task]}
+                    targets = {k: v for k, v in entry.targets.items() if k in classes[task].target_metrics}
                     if targets:  # only where the task reports time_to_target for them
                         config["targets"] = targets
                     group.append(CellSpec(
@@ -177,7 +176,7 @@ class SupportCheck:
     def __call__(self, cell: CellSpec) -> tuple[str, str]:
         """``("run", "")``; ``("unsupported", what the task requires)``; ``("error", message)``."""
         key = (cell.model, cell.dataset, cell.task)
-        if cell.match_params is not None and not cell.match_params.matched:
+        if cell.match_params is not None and not cell.match_params.matched and not cell.match_params.baseline:
             return ("unsupported", cell.match_params.requires())
         if key not in self._answers:
             meta = self.dataset(cell)

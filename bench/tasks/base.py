@@ -113,6 +113,8 @@ class Task(ABC):
     requires_text: ClassVar[str] = ""
     #: the metrics the task reports (the runner writes one ``unsupported`` / failure row for each)
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = ()
+    #: the metrics a data set's ``targets`` may name for this task: it reports ``time_to_target`` for each
+    target_metrics: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def parse_options(cls, data: dict[str, Any] | None, where: str) -> TaskOptions:

@@ -86,6 +86,7 @@ class ClassificationTask(Task):
     Options = ClassificationOptions
     trains_model: ClassVar[bool] = True
     requires_text: ClassVar[str] = "a classifier model (logits) and a labelled data set"
+    target_metrics: ClassVar[tuple[str, ...]] = (TEST_ACCURACY.name,)
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = (TEST_ACCURACY, *CURVE_SPECS, *TRAIN_SPECS)
 
     @classmethod

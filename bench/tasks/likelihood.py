@@ -391,6 +391,7 @@ class LikelihoodTask(Task):
     Options = LikelihoodOptions
     trains_model: ClassVar[bool] = True
     requires_text: ClassVar[str] = "a density model (log_prob) accepting the data set's input kind"
+    target_metrics: ClassVar[tuple[str, ...]] = tuple(spec.name for spec in DENSITY_SPECS)
     metric_specs: ClassVar[tuple[MetricSpec, ...]] = (*DENSITY_SPECS, ESTIMATOR_GAP, *CURVE_SPECS, *TRAIN_SPECS)
 
     @classmethod
