@@ -389,6 +389,7 @@ class TargetsTask(Task):
 
     name = "targets_echo"
     metric_specs = (SCORE,)
+    target_metrics = (SCORE.name,)
 
     def run(self, ctx: TaskContext) -> list[Metric]:
         return [SCORE(1.0, extra={"targets": dict(ctx.targets)})]
@@ -421,8 +422,8 @@ tasks = ["{TARGETS}", "{ECHO}"]
     # a target is part of the configuration of the task that emits its metric, and of no other
     assert score.config_hash != plain[TARGETS] != other[TARGETS] != score.config_hash
     assert {r.config_hash for r in rows if r.task == ECHO} == {plain[ECHO]} == {other[ECHO]}
-    with pytest.raises(ValueError, match=r"targets\.scor: 'scor' is not a metric of the tasks run on .*did you mean "
-                                         r"score\?"):
+    with pytest.raises(ValueError, match=r"targets\.scor: 'scor' is not a metric with a time_to_target in the tasks "
+                                         r"run on .*did you mean score\?"):
         suite_at("d", "targets = { scor = 0.5 }")
 
 
