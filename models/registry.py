@@ -210,11 +210,17 @@ _BUILTIN: dict[str, str] = {
     "nice-freia": "models.freia_flows:NiceFreia",
     "realnvp-freia": "models.freia_flows:RealNVPFreia",
     "glow-freia": "models.freia_flows:GlowFreia",
+    "glow-nflows": "models.nflows_glow:GlowNflows",
     "iresnet-freia": "models.freia_iresnet:IResNetFreia",
     "iresnet-native": "models.iresnet:IResNetNative",
     "resflow-native": "models.iresnet:ResFlowNative",
     "revnet-native": "models.revnet:RevNetNative",
+    "revnet-memcnn": "models.memcnn_revnet:RevNetMemcnn",
     "nsf-nflows": "models.nflows_flows:NSFNflows",
+    "nsf-zuko": "models.zuko_flows:NSFZuko",
+    "maf-zuko": "models.zuko_flows:MAFZuko",
+    "realnvp-zuko": "models.zuko_flows:RealNVPZuko",
+    "nice-zuko": "models.zuko_flows:NiceZuko",
     "gaussian-fit": "models.baselines:GaussianFit",
 }
 
