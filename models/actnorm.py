@@ -52,6 +52,10 @@ class ActNorm(nn.Module):
         ladj = (self.log_scale.sum() * spatial).expand(x.shape[0])
         return y, ladj
 
+    def inverse_lipschitz(self) -> float:
+        """The Lipschitz constant of :meth:`inverse` (2-norm): ``max_c exp(-log_scale_c)``."""
+        return float(torch.exp(-self.log_scale.detach()).max())
+
     def inverse(self, y: Tensor) -> Tensor:
         """``y``: (B, C, ...) -> ``x``: same shape."""
         return y * torch.exp(-self._view(self.log_scale, y)) - self._view(self.bias, y)

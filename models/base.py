@@ -54,6 +54,7 @@ InputKind = Literal["vector", "image"]
 LogdetKind = Literal["exact", "estimator"]
 InverseKind = Literal["analytic", "iterative"]
 SolverKind = Literal["fixed_point", "anderson"]
+StopKind = Literal["residual", "error"]
 EstimatorMethod = Literal["exact", "series", "roulette"]
 ProbeKind = Literal["gaussian", "rademacher"]
 TailKind = Literal["geometric", "poisson"]
@@ -123,6 +124,10 @@ class InverseInfo:
         converged: every block met its tolerance within its iteration cap.
         per_block: iterations per block, in the order they were inverted.
         history: optional residual after each iteration (for convergence curves).
+        error_bound: a certified bound on the reconstruction error ``max_b ||x_b - F^-1(z)_b||_2`` (max over the
+            batch of the per-example 2-norm, so also a bound on the max-abs error), from the blocks' Lipschitz
+            constants (a-posteriori Banach bounds composed over the blocks); None where the model gives none.
+        per_block_bound: each block's bound on the error its own solve added, in inversion order.
     """
 
     iterations: int = 0
@@ -130,6 +135,8 @@ class InverseInfo:
     converged: bool = True
     per_block: list[int] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
+    error_bound: float | None = None
+    per_block_bound: list[float] = field(default_factory=list)
 
 
 def _check_literal(name: str, value: Any, kind: Any) -> None:
@@ -153,15 +160,20 @@ class InverseSettings:
         max_iter: iteration cap (per block for a stack of blocks); a model with a fixed iteration count runs
             exactly this many.
         anderson_memory: Anderson's history length ``m`` (``solver="anderson"`` only).
+        stop: what ``tol`` bounds: ``"residual"``, the fixed-point residual ``max |x_{k+1} - x_k|`` (relative as the
+            model states); ``"error"``, the reconstruction error itself, through a certified a-posteriori bound
+            (models that can certify one; see :attr:`InverseInfo.error_bound`).
     """
 
     solver: SolverKind = "fixed_point"
     tol: float | None = None
     max_iter: int = 1000
     anderson_memory: int = 5
+    stop: StopKind = "residual"
 
     def __post_init__(self) -> None:
         _check_literal("solver", self.solver, SolverKind)
+        _check_literal("stop", self.stop, StopKind)
         if self.tol is not None and not self.tol > 0:
             raise ValueError(f"tol must be positive or None, got {self.tol!r}")
         if self.max_iter < 1 or self.anderson_memory < 1:

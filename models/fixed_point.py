@@ -7,10 +7,16 @@ J. Numer. Anal. 2011) extrapolates from the last ``m`` iterates: with residuals 
 ``gamma = argmin ||f_k - dF gamma||`` (per example, ridge-regularised normal equations) and steps to
 ``x_{k+1} = G(x_k) - dG gamma``, where ``dF``, ``dG`` hold successive differences of ``f`` and ``G(x)``.
 
-Both solvers stop when ``max |G(x_k) - x_k| <= atol + rtol max |G(x_k)|`` (max over the batch), return ``G(x_k)``, and
-report iterations (evaluations of ``G``, i.e. of ``g``), the final residual ``max |G(x_k) - x_k|``, whether the
-tolerance was met within ``max_iter``, and the residual after every iteration. A non-finite residual stops the
-solver with ``converged=False``.
+Both solvers stop when ``max |G(x_k) - x_k| <= atol + rtol max |G(x_k)|`` (max over the batch), or, given an
+:class:`ErrorBound`, when the a-posteriori Banach bound on the error of ``G(x_k)`` meets its target: for ``G`` with
+Lipschitz constant ``L < 1`` and fixed point ``x*``, any ``x`` has ``||x* - x|| <= ||G(x) - x|| + L ||x* - x||``,
+so ``||x* - G(x)|| <= L ||x* - x|| <= L / (1 - L) ||G(x) - x||`` (per example, 2-norm; it holds for Anderson's
+extrapolated points too, since it asks nothing of how ``x`` was found). They return ``G(x_k)`` and report
+iterations (evaluations of ``G``, i.e. of ``g``), the final residual ``max |G(x_k) - x_k|``, the bound where asked
+for, whether the criterion was met within ``max_iter``, and the residual after every iteration. A non-finite
+residual stops the solver with ``converged=False``, and so does a residual that has not gone below its least value
+for :data:`STALL` iterations: in finite precision the iteration has reached its rounding floor, and more iterations
+only cost time.
 
 On a GPU, TF32 arithmetic (cuDNN's default for float32 convolutions) rounds ``g`` to about 1e-3 relative, so the
 iteration cannot get below that: measured on an H100 (2026-11-23), a trained convolutional i-ResNet's inverse
@@ -42,34 +48,77 @@ def ieee_fp32() -> Iterator[None]:
         cudnn.allow_tf32, matmul.allow_tf32 = saved
 
 
+#: iterations without a new least residual after which a solve counts as stalled at its rounding floor
+STALL = 20
+
+
+@dataclass(frozen=True)
+class ErrorBound:
+    """The a-posteriori bound ``lipschitz / (1 - lipschitz) * max_b ||G(x)_b - x_b||_2`` on
+    ``max_b ||x*_b - G(x)_b||_2`` for a map ``G`` with Lipschitz constant ``lipschitz < 1`` (2-norm per example),
+    recorded every iteration; the solve stops when it is at most ``target`` (None: the residual tolerance decides)."""
+
+    lipschitz: float
+    target: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lipschitz < 1:
+            raise ValueError(f"an error bound needs a contraction, got Lipschitz constant {self.lipschitz}")
+        if self.target is not None and not self.target > 0:
+            raise ValueError(f"the error target must be positive, got {self.target}")
+
+    @property
+    def factor(self) -> float:
+        """``L / (1 - L)``: the bound per unit of the 2-norm residual."""
+        return self.lipschitz / (1 - self.lipschitz)
+
+
 @dataclass
 class SolveResult:
-    """What a solve did: ``iterations`` evaluations of G, final max-abs ``residual``, ``converged``, history."""
+    """What a solve did: ``iterations`` evaluations of G, final max-abs ``residual``, ``converged``, history, and the
+    a-posteriori ``error_bound`` of the returned point (None without an :class:`ErrorBound`)."""
 
     iterations: int = 0
     residual: float = 0.0
     converged: bool = False
     history: list[float] = field(default_factory=list)
+    error_bound: float | None = None
 
 
-def _check(gx: Tensor, x: Tensor, atol: float, rtol: float) -> tuple[float, bool]:
-    residual, scale = torch.stack([(gx - x).abs().max(), gx.abs().max()]).tolist()  # one device sync
-    return residual, math.isfinite(residual) and residual <= atol + rtol * scale
+def _check(gx: Tensor, x: Tensor, atol: float, rtol: float, bound: ErrorBound | None, result: SolveResult
+           ) -> tuple[float, bool]:
+    """Record the residual (and bound) of ``G(x) = gx`` in ``result``; returns ``(residual, criterion met)``."""
+    diff = gx - x
+    norm2 = diff.reshape(diff.shape[0], -1).norm(dim=1).max() if bound is not None else diff.new_zeros(())
+    residual, scale, l2 = torch.stack([diff.abs().max(), gx.abs().max(), norm2]).tolist()  # one device sync
+    result.residual = residual
+    result.history.append(residual)
+    if bound is None:
+        return residual, math.isfinite(residual) and residual <= atol + rtol * scale
+    error_bound = result.error_bound = bound.factor * l2
+    if bound.target is None:
+        return residual, math.isfinite(residual) and residual <= atol + rtol * scale
+    return residual, math.isfinite(residual) and error_bound <= bound.target
+
+
+def _stalled(history: list[float]) -> bool:
+    """No residual of the last :data:`STALL` iterations is below the least one before them."""
+    return len(history) > STALL and min(history[-STALL:]) >= min(history[:-STALL])
 
 
 @torch.no_grad()
-def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float, max_iter: int
-                ) -> tuple[Tensor, SolveResult]:
-    """Plain iteration ``x <- G(x)`` from ``x0``: (B, ...) -> (``x``: (B, ...), result)."""
+def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float, max_iter: int,
+                bound: ErrorBound | None = None) -> tuple[Tensor, SolveResult]:
+    """Plain iteration ``x <- G(x)`` from ``x0``: (B, ...) -> (``x``: (B, ...), result); stops on the residual
+    tolerance, or on ``bound`` where given."""
     result = SolveResult()
     x = x0
     for k in range(1, max_iter + 1):
         gx = G(x)
-        residual, met = _check(gx, x, atol, rtol)
-        result.iterations, result.residual = k, residual
-        result.history.append(residual)
+        residual, met = _check(gx, x, atol, rtol, bound, result)
+        result.iterations = k
         x = gx
-        if met or not math.isfinite(residual):
+        if met or not math.isfinite(residual) or _stalled(result.history):
             result.converged = met
             break
     return x, result
@@ -77,8 +126,9 @@ def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: fl
 
 @torch.no_grad()
 def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float, max_iter: int,
-             memory: int = 5, ridge: float = 1e-10) -> tuple[Tensor, SolveResult]:
-    """Anderson-accelerated iteration from ``x0``: (B, ...) -> (``x``: (B, ...), result).
+             memory: int = 5, ridge: float = 1e-10, bound: ErrorBound | None = None) -> tuple[Tensor, SolveResult]:
+    """Anderson-accelerated iteration from ``x0``: (B, ...) -> (``x``: (B, ...), result); stops on the residual
+    tolerance, or on ``bound`` where given.
 
     Args:
         memory: how many past differences ``m`` the extrapolation uses.
@@ -94,10 +144,9 @@ def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float
     gx = x0
     for k in range(1, max_iter + 1):
         gx = G(x)
-        residual, met = _check(gx, x, atol, rtol)
-        result.iterations, result.residual = k, residual
-        result.history.append(residual)
-        if met or not math.isfinite(residual):
+        residual, met = _check(gx, x, atol, rtol, bound, result)
+        result.iterations = k
+        if met or not math.isfinite(residual) or _stalled(result.history):
             result.converged = met
             break
         if residual > 1e3 * best:  # extrapolation went astray: restart from the plain step

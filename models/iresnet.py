@@ -44,10 +44,11 @@ from models.base import (
     InvertibleModel,
     ProbeKind,
     SolverKind,
+    StopKind,
     TailKind,
     VjpKind,
 )
-from models.fixed_point import SolveResult, anderson, fixed_point, ieee_fp32
+from models.fixed_point import ErrorBound, SolveResult, anderson, fixed_point, ieee_fp32
 from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
@@ -116,6 +117,11 @@ class ResidualNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.evaluate(x, self.weights(update=True))
+
+    def lipschitz(self) -> float:
+        """A bound on ``Lip(g)`` (2-norm) for the weights in use: the product of the layers' operator norms
+        (:meth:`models.spectral_norm.SpectralNormLayer.operator_norm`; the activations are 1-Lipschitz)."""
+        return math.prod(self._layer(i).operator_norm() for i in range(len(self.layers)))
 
     def linearize(self, x: Tensor, weights: list[Tensor], mode: str = "analytic") -> tuple[Tensor, VJP]:
         """``g(x)`` and its vector-Jacobian product from one evaluation.
@@ -187,8 +193,9 @@ class ResidualBlock(nn.Module):
 
     @torch.no_grad()
     def inverse(self, y: Tensor, solver: SolverKind = "fixed_point", atol: float = 1e-10, rtol: float = 1e-10,
-                max_iter: int = 1000, memory: int = 5) -> tuple[Tensor, SolveResult]:
-        """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result).
+                max_iter: int = 1000, memory: int = 5, bound: ErrorBound | None = None) -> tuple[Tensor, SolveResult]:
+        """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result); stops on
+        the residual tolerance ``atol + rtol max|x|``, or on ``bound`` (the a-posteriori error bound) where given.
 
         Runs with TF32 off (:func:`models.fixed_point.ieee_fp32`): TF32 would stall the iteration near 1e-3."""
         weights = self.net.weights(update=False)
@@ -198,8 +205,8 @@ class ResidualBlock(nn.Module):
 
         with ieee_fp32():
             if solver == "anderson":
-                return anderson(step, y, atol, rtol, max_iter, memory=memory)
-            return fixed_point(step, y, atol, rtol, max_iter)
+                return anderson(step, y, atol, rtol, max_iter, memory=memory, bound=bound)
+            return fixed_point(step, y, atol, rtol, max_iter, bound=bound)
 
 
 class ResidualFlow(InvertibleModel):
@@ -228,9 +235,13 @@ class ResidualFlow(InvertibleModel):
         solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
             (``inverse_tol`` is its ``tol``).
         solver: ``"fixed_point"`` or ``"anderson"``.
-        inverse_tol: ``tol`` of each block's solve, which stops at ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)``
-            (``None``: 1e-10 in float64, 1e-6 otherwise; the reconstruction error is up to ``Lip(g) / (1 - Lip(g))``
-            times that residual, so slowly contracting blocks need a tighter ``tol`` for a given error).
+        inverse_tol: with ``inverse_stop = "error"``, the reconstruction error the inverse is held to: a certified
+            bound on ``max_b ||x_b - F^-1(z)_b||_2`` (see :meth:`ResidualFlow.inverse`; ``None``: 1e-10 in float64,
+            1e-4 otherwise: in float32 a block's certifiable error floors near ``Lip / (1 - Lip)`` times the rounding of
+            its residual, about 1e-6 ``||x||``); with ``"residual"``, each block's solve stops at
+            ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)`` (``None``: 1e-10 in float64, 1e-6 otherwise; the error
+            is then up to ``Lip(g) / (1 - Lip(g))`` times that residual, composed over the blocks).
+        inverse_stop: ``"error"`` (default) or ``"residual"``: what ``inverse_tol`` bounds.
         max_iter: iteration cap per block.
         anderson_memory: Anderson's history length ``m``.
     """
@@ -249,7 +260,7 @@ class ResidualFlow(InvertibleModel):
                  probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
                  max_terms: int = 100, neumann_grad: bool = False, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
-                 max_iter: int = 1000, anderson_memory: int = 5) -> None:
+                 max_iter: int = 1000, anderson_memory: int = 5, inverse_stop: StopKind = "error") -> None:
         if depth < 1 or hidden < 1 or hidden_layers < 1:
             raise ValueError("depth, hidden and hidden_layers must be >= 1")
         if weight_gain <= 0:
@@ -257,7 +268,8 @@ class ResidualFlow(InvertibleModel):
         settings = EstimatorSettings(method=method, terms=terms, exact_terms=exact_terms, probes=probes, probe=probe,
                                      tail=tail, tail_param=tail_param, max_terms=max_terms,
                                      neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed)
-        solve = InverseSettings(solver=solver, tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)
+        solve = InverseSettings(solver=solver, tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory,
+                                stop=inverse_stop)
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
                          n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
@@ -374,30 +386,78 @@ class ResidualFlow(InvertibleModel):
     def _inverse_tol(self, dtype: torch.dtype) -> float:
         if self.solve.tol is not None:
             return float(self.solve.tol)
-        return 1e-10 if dtype == torch.float64 else 1e-6
+        if dtype == torch.float64:
+            return 1e-10
+        return 1e-4 if self.solve.stop == "error" else 1e-6
+
+    def error_amplification(self) -> list[float] | None:
+        """How much an error made in each block's solve can grow by the end of the inverse, in inversion order
+        (last block first): the product of the Lipschitz constants of the inverse maps applied after it, each
+        ActNorm's ``max exp(-log_scale)`` and each later block's ``1 / (1 - Lip(g))``. None when a block is not a
+        certified contraction (``Lip(g) >= 1``)."""
+        pairs = list(zip(reversed(self.actnorms), reversed(self.blocks), strict=True))
+        lips = [self._block(block).net.lipschitz() for _, block in pairs]
+        if any(not lip < 1 for lip in lips):
+            return None
+        norms = [norm.inverse_lipschitz() if isinstance(norm, ActNorm) else 1.0 for norm, _ in pairs]
+        amplification = [0.0] * len(pairs)
+        after = 1.0
+        for i in reversed(range(len(pairs))):
+            amplification[i] = norms[i] * after
+            after *= norms[i] / (1 - lips[i])
+        return amplification
+
+    @staticmethod
+    def _block(block: nn.Module) -> ResidualBlock:
+        assert isinstance(block, ResidualBlock)
+        return block
 
     def inverse(self, z: Tensor) -> Tensor:
         """Invert block by block with the configured solver. ``z``: (B, *shape) -> ``x``: (B, *shape).
 
+        With ``stop = "error"`` every block's solve is held to ``tol / K`` on the error it adds: it stops when its
+        a-posteriori Banach bound ``Lip(g_i) / (1 - Lip(g_i)) max_b ||x_{k+1} - x_k||_2`` on the distance to the exact
+        inverse of its input (:class:`models.fixed_point.ErrorBound`) is at most that, so the blocks' own errors sum
+        to at most ``tol`` (2-norm per example, so also max-abs). ``Lip(g_i)`` is the product of the layers' operator
+        norms (exact for linear layers, a 200-step power-iteration estimate for convolutions). The later inverse maps
+        can amplify an earlier block's error: ``last_inverse.error_bound`` is the certified bound on the whole
+        reconstruction error, ``sum_i a_i bound_i`` with ``a_i`` the :meth:`error_amplification` of solve ``i``, a
+        worst case that in a deep stack of blocks near ``Lip = 1`` is far above the error measured; the blocks' own
+        bounds are in ``last_inverse.per_block_bound``. A solve whose residual stalls at its rounding floor before
+        its target stops there (``converged=False``). A block that is not a certified contraction falls back to the
+        residual stop, and the inverse reports no bound. With ``stop = "residual"`` every solve stops at
+        ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)`` (the bounds are still reported).
+
         Sets ``self.last_inverse``: ``per_block`` iterations in inversion order (last block first), ``history``
-        the residuals of all solves concatenated in that order, ``converged`` only if every block converged.
+        the residuals of all solves concatenated in that order, ``converged`` only if every block met its criterion.
         Each block's solve runs with TF32 off (:meth:`ResidualBlock.inverse`).
         """
         tol = self._inverse_tol(z.dtype)
         info = InverseInfo(iterations=0, residual=0.0, converged=True)
+        pairs = list(zip(reversed(self.actnorms), reversed(self.blocks), strict=True))
+        amplification = self.error_amplification()
+        composed = 0.0
         h = self._pre(z)
         with torch.no_grad():
-            for norm, block in zip(reversed(self.actnorms), reversed(self.blocks), strict=True):
-                assert isinstance(block, ResidualBlock)
-                h, res = block.inverse(h, self.solve.solver, tol, tol, self.solve.max_iter,
-                                       self.solve.anderson_memory)
+            for i, (norm, block) in enumerate(pairs):
+                solve = self._block(block)
+                bound = None
+                if amplification is not None:
+                    target = tol / len(pairs) if self.solve.stop == "error" else None
+                    bound = ErrorBound(solve.net.lipschitz(), target)
+                h, res = solve.inverse(h, self.solve.solver, tol, tol, self.solve.max_iter,
+                                       self.solve.anderson_memory, bound)
                 info.per_block.append(res.iterations)
                 info.history.extend(res.history)
                 info.iterations = max(info.iterations, res.iterations)
                 info.residual = res.residual if math.isnan(res.residual) else max(info.residual, res.residual)
                 info.converged = info.converged and res.converged
+                if amplification is not None and res.error_bound is not None:
+                    info.per_block_bound.append(res.error_bound)
+                    composed += amplification[i] * res.error_bound
                 if isinstance(norm, ActNorm):
                     h = norm.inverse(h)
+        info.error_bound = composed if amplification is not None else None
         self.last_inverse = info
         return self._post(h)
 
@@ -424,17 +484,19 @@ class ResFlowNative(ResidualFlow):
                  exact_terms: int = 2, probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric",
                  tail_param: float = 0.5, max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
-                 max_iter: int = 1000, anderson_memory: int = 5) -> None:
+                 max_iter: int = 1000, anderson_memory: int = 5, inverse_stop: StopKind = "error") -> None:
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
                          n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
                          method=method, terms=terms, exact_terms=exact_terms,
                          probes=probes, probe=probe, tail=tail, tail_param=tail_param, max_terms=max_terms,
                          neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed, solver=solver,
-                         inverse_tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory)
+                         inverse_tol=inverse_tol, max_iter=max_iter, anderson_memory=anderson_memory,
+                         inverse_stop=inverse_stop)
 
 
 def _inverse_hparams(settings: InverseSettings) -> dict[str, Any]:
     """The constructor arguments of :class:`ResidualFlow` that hold ``settings``."""
-    return {"solver": settings.solver, "inverse_tol": settings.tol, "max_iter": settings.max_iter,
+    return {"solver": settings.solver, "inverse_tol": settings.tol, "inverse_stop": settings.stop,
+            "max_iter": settings.max_iter,
             "anderson_memory": settings.anderson_memory}

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: power-iteration steps of :meth:`SpectralNormConv2d.operator_norm`
+NORM_ITERATIONS = 200
+
 
 def _normalize(t: Tensor, eps: float = 1e-12) -> Tensor:
     return t / t.norm().clamp_min(eps)
@@ -106,6 +109,13 @@ class SpectralNormLayer(nn.Module):
         """``x -> op(x; w) + b``."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def operator_norm(self) -> float:
+        """``||W_eff||_2`` of the weight in use (``normalized_weight()``), for certifying a block's Lipschitz
+        constant: exact (largest singular value) for a linear layer; a convolution estimates it by
+        :data:`NORM_ITERATIONS` power-iteration steps from the stored vectors (an estimate from below)."""
+        raise NotImplementedError
+
     def transpose(self, y: Tensor, w: Tensor) -> Tensor:
         """The adjoint (vector-Jacobian product) ``y -> op^T(y; w)``."""
         return self._adjoint(y, w)
@@ -133,6 +143,10 @@ class SpectralNormLinear(SpectralNormLayer):
 
     def affine(self, x: Tensor, w: Tensor) -> Tensor:
         return F.linear(x, w, self.bias)
+
+    @torch.no_grad()
+    def operator_norm(self) -> float:
+        return float(torch.linalg.matrix_norm(self.normalized_weight().double(), ord=2))
 
 
 class SpectralNormConv2d(SpectralNormLayer):
@@ -165,4 +179,12 @@ class SpectralNormConv2d(SpectralNormLayer):
 
     def affine(self, x: Tensor, w: Tensor) -> Tensor:
         return F.conv2d(x, w, self.bias, padding=self.padding)
+
+    @torch.no_grad()
+    def operator_norm(self) -> float:
+        w = self.normalized_weight()
+        v = self.v.clone()
+        for _ in range(NORM_ITERATIONS):
+            v = _normalize(self._adjoint(_normalize(self._op(v, w)), w))
+        return float(self._op(v, w).norm())
 

@@ -4,9 +4,11 @@ Inverse cost in forward-pass units (DESIGN.md): the median over alternating roun
 ``time(inverse) / time(forward)`` on the same module, batch, dtype and grad mode, inside one process
 (:func:`bench.timing.time_ratio`). Beside it: the iterations the inverse used (``model.last_inverse``;
 0 for analytic inverses) and the reconstruction error ``max |f^-1(f(x)) - x|`` on test data in float32,
-the model as trained. For iterative inverses (Behrmann et al., "Invertible Residual Networks", ICML 2019:
-fixed-point iteration ``x_{k+1} = y - g(x_k)`` with error ``<= c^k``) the curve of reconstruction error
-and cost against iteration caps 1, 2, 4, ... is stored in ``extra`` of ``recon_err``.
+the model as trained, with the model's certified bound on the inverse's own error where it gives one
+(``extra["error_bound"]``, :attr:`models.base.InverseInfo.error_bound`). For iterative inverses (Behrmann et al.,
+"Invertible Residual Networks", ICML 2019: fixed-point iteration ``x_{k+1} = y - g(x_k)`` with error
+``<= c^k``) the curve of reconstruction error and cost against iteration caps 1, 2, 4, ... is stored in
+``extra`` of ``recon_err``.
 
 The forward unit: one evaluation of ``x -> z`` without the log-det (``model.encode`` where the model
 overrides it, else ``forward``), so that "forward passes" means evaluating the network, as in the papers'
@@ -156,9 +158,18 @@ class InverseCostTask(Task):
             FWD_UNITS(stats.median, status=status, extra={**common, **units_extra}),
             ITERS(float(info.iterations), status=status,
                   extra={**common, "per_block": list(info.per_block), "residual": info.residual}),
-            RECON(float(err.max()), status=status, extra={**common, "median": float(err.median()), **curve}),
+            RECON(float(err.max()), status=status, extra={**common, "median": float(err.median()), **curve,
+                                                          **self._bounds(info)}),
             self._flop_units(inverse, forward, int(x.shape[0]), status, common),
         ]
+
+    @staticmethod
+    def _bounds(info: InverseInfo) -> dict[str, Any]:
+        """The model's certified bound on the inverse's error beside the measured one (``InverseInfo.error_bound``,
+        2-norm per example, composed over blocks; ``per_block_bound``: each block's own), where it gives one."""
+        if info.error_bound is None:
+            return {}
+        return {"error_bound": info.error_bound, "per_block_bound": list(info.per_block_bound)}
 
     @staticmethod
     def _flop_units(inverse: Callable[[], None], forward: Callable[[], None], n: int, status: str,
