@@ -30,6 +30,18 @@ Format (every key optional except ``datasets``)::
     [budget]                            # bench.tasks.base.Budget: steps, seconds, batch_size, lr
     steps = 400
     [slurm]                             # the submitit executor (see bench.run.executors): cluster, partition, ...
+    [[expect]]                          # an expected outcome (a paper's claim), judged by the report's findings
+    claim = "affine coupling explodes on noise"   # table (bench.report.findings); one [[expect]] per claim
+    source = "Behrmann et al., AISTATS 2021, Fig. 3"
+    model = "glow-native"               # each of model, dataset, task: one of the suite's
+    dataset = "digits"
+    task = "exploding"
+    metric = "nonfinite_frac"           # a metric the task declares (its metric_specs)
+    input = "uniform"                   # optional: the rows' input and variant ("" by default)
+    variant = ""
+    when = "any"                        # over the checkpoint steps: any | all | final (default: the largest step)
+    op = ">"                            # > | >= | < | <= | ==
+    value = 0                           # a finite number
 
 Extension mechanism: a task may be given as ``"package.module:TaskClass"`` (a :class:`bench.tasks.base.Task`
 subclass), a data set as ``"package.module:function"`` (called as ``function(seed=..., **options)`` and returning
@@ -49,13 +61,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from bench.expectations import EXPECT_FIELDS, EXPECT_REQUIRED, OPS, WHENS, Expectation
 from bench.tasks.base import Budget
 from models.registry import import_target, is_target
 
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 TOP_LEVEL: tuple[str, ...] = (
     "name", "description", "models", "hparams", "datasets", "tasks", "seeds", "budget", "timeout", "device", "slurm",
-    "match_params",
+    "match_params", "expect",
 )
 BUDGET_FIELDS: tuple[str, ...] = ("steps", "seconds", "batch_size", "lr", "schedule")
 SCHEDULES: tuple[str, ...] = ("constant", "cosine")
@@ -106,6 +119,8 @@ class Suite:
     #: scale every model's width hyper-parameter to within 10 % of this many trainable parameters (None: off)
     match_params: int | None = None
     source: str = "<suite>"
+    #: expected outcomes ([[expect]]), judged by the report's findings table
+    expectations: tuple[Expectation, ...] = ()
 
     def dataset(self, name: str) -> DatasetEntry:
         for entry in self.datasets:
@@ -256,6 +271,66 @@ def _check_targets(c: _Ctx, suite: Suite, entry: DatasetEntry) -> None:
                                f"{_near(k, judged)} {known}")
 
 
+def _expectations(c: _Ctx, value: Any) -> tuple[Expectation, ...]:
+    """The ``[[expect]]`` array of tables: keys, types, ``op``, ``when`` and a finite ``value`` (the names are
+    checked by :func:`_check_expectations`)."""
+    items = _expect(c, "expect", value, (list,), "an array of tables ([[expect]])")
+    out: list[Expectation] = []
+    for i, item in enumerate(items):
+        p = f"expect[{i}]"
+        item = _expect(c, p, item, (dict,), "a table")
+        for k in item:
+            if k not in EXPECT_FIELDS:
+                raise c.fail(f"{p}.{_key(k)}", f"unknown field{_near(k, EXPECT_FIELDS)} "
+                                               f"(fields: {', '.join(EXPECT_FIELDS)})")
+        for k in EXPECT_REQUIRED:
+            if k not in item:
+                raise c.fail(f"{p}.{k}", f"missing (required: {', '.join(EXPECT_REQUIRED)})")
+        fields: dict[str, Any] = {}
+        for k in EXPECT_FIELDS:
+            if k in item and k != "value":
+                fields[k] = _expect(c, f"{p}.{k}", item[k], (str,), "a string")
+        for k in ("claim", "model", "dataset", "task", "metric"):
+            if not fields[k].strip():
+                raise c.fail(f"{p}.{k}", "empty")
+        if fields["op"] not in OPS:
+            raise c.fail(f"{p}.op", f"unknown comparison {fields['op']!r} (one of: {' '.join(OPS)})")
+        when = fields.setdefault("when", "final")
+        if when not in WHENS:
+            raise c.fail(f"{p}.when", f"unknown {when!r}{_near(when, WHENS)} (one of: {', '.join(WHENS)})")
+        v = _expect(c, f"{p}.value", item["value"], (int, float), "a number")
+        if not math.isfinite(v):
+            raise c.fail(f"{p}.value", f"must be finite, got {v!r}")
+        out.append(Expectation(**fields, value=float(v)))
+    return tuple(out)
+
+
+def _check_expectations(c: _Ctx, suite: Suite, models: Sequence[str]) -> None:
+    """Each expectation names one of the suite's models (``models``: expanded), data sets and tasks, a task run on
+    that data set, and a metric that the task declares (``metric_specs``; not checked for a task class that cannot
+    be imported)."""
+    from bench.tasks.registry import get_task
+
+    datasets = [d.name for d in suite.datasets]
+    for i, e in enumerate(suite.expectations):
+        p = f"expect[{i}]"
+        for key, name, known in (("model", e.model, models), ("dataset", e.dataset, datasets),
+                                 ("task", e.task, suite.tasks)):
+            if name not in known:
+                raise c.fail(f"{p}.{key}", f"{name!r} is not one of the suite's {key}s{_near(name, known)}")
+        if e.task not in suite.tasks_on(e.dataset):
+            raise c.fail(f"{p}.task", f"{e.task!r} does not run on {e.dataset} (its tasks: "
+                                      f"{', '.join(suite.tasks_on(e.dataset))})")
+        try:
+            specs = get_task(e.task).metric_specs
+        except Exception:
+            continue
+        metrics = [s.name for s in specs]
+        if e.metric not in metrics:
+            raise c.fail(f"{p}.metric", f"{e.metric!r} is not a metric of task {e.task}{_near(e.metric, metrics)} "
+                                        f"(its metrics: {', '.join(metrics) or 'none declared'})")
+
+
 def _seeds(c: _Ctx, value: Any) -> list[int]:
     if isinstance(value, list):
         if not value:
@@ -352,9 +427,11 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
     for k in slurm:
         if k not in SLURM_FIELDS:
             raise c.fail(f"slurm.{k}", f"unknown field{_near(k, SLURM_FIELDS)} (fields: {', '.join(SLURM_FIELDS)})")
+    expectations = _expectations(c, data["expect"]) if "expect" in data else ()
     return Suite(name=name, description=description, models=models, datasets=datasets, tasks=tasks, seeds=seeds,
                  budget=budget, model_options=model_options, hparams_tables=tables, task_options=task_options,
-                 timeout=timeout, device=device, slurm=slurm, match_params=match_params, source=source)
+                 timeout=timeout, device=device, slurm=slurm, match_params=match_params, source=source,
+                 expectations=expectations)
 
 
 # ----------------------------------------------------------------------------------------------- names
@@ -515,6 +592,7 @@ def validate_names(suite: Suite, known: Known | None = None, where: str | None =
             _check_model(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, model_names)
             _check_hparams(c, f"datasets.{_key(d.name)}.models.{_key(m)}", m, hp)
         _check_targets(c, suite, d)
+    _check_expectations(c, suite, models)
     return replace(suite, models=models)
 
 

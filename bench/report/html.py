@@ -1,7 +1,8 @@
 """The report as one self-contained HTML page: inline CSS, no scripts, images by relative path (``plots/*.png``),
 so the folder opens from disk and survives being copied or committed as a whole.
 
-Layout: the title and regenerate command, a table of contents, the leaderboard, the legend, then one section per
+Layout: the title and regenerate command, a table of contents, the findings (the suite's expected outcomes judged,
+when it has any), the leaderboard, the legend, then one section per
 task with one block per table, its plots beside it (a two-column grid: the table, scrolling sideways where it is
 too wide, and its plots stacked to its right, at most 440 px wide; one column below 1000 px), the paper
 references, the plots that have no table, the plot kinds not drawn and the run record.
@@ -12,6 +13,9 @@ from __future__ import annotations
 import html
 from collections.abc import Mapping, Sequence
 
+from bench.report.findings import LEGEND as FINDINGS_LEGEND
+from bench.report.findings import Finding
+from bench.report.findings import to_html as findings_html
 from bench.report.leaderboard import LEGEND as LEADERBOARD_LEGEND
 from bench.report.leaderboard import Leaderboard
 from bench.report.leaderboard import to_html as leaderboard_html
@@ -30,6 +34,10 @@ td.status { color: #a33; text-align: right; }
 td.note { color: #555; font-size: 0.95em; }
 p.footnote { font-size: 0.8em; color: #555; margin: 0.2em 0; }
 table.leaderboard { font-size: 0.9em; }
+td.verdict { font-weight: bold; white-space: nowrap; }
+td.reproduced { color: #176317; }
+td.not-reproduced { color: #a33; }
+td.not-measured, td.not-run { color: #777; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 nav.toc { background: #fafafa; border: 1px solid #e5e5e5; padding: 0.5em 1em; columns: 3 16em; font-size: 0.85em; }
 nav.toc ul { margin: 0.2em 0; padding-left: 1.2em; }
@@ -70,9 +78,11 @@ def table_anchor(table: Table) -> str:
     return "table-" + table.slug
 
 
-def _toc(tables: Sequence[Table], board: Leaderboard | None, loose: bool, skipped: bool) -> str:
-    """The table of contents: leaderboard, each task with its tables, references, plots, run record."""
-    items = ['<li><a href="#leaderboard">Leaderboard</a></li>'] if board is not None else []
+def _toc(tables: Sequence[Table], board: Leaderboard | None, loose: bool, skipped: bool, findings: bool = False
+         ) -> str:
+    """The table of contents: findings, leaderboard, each task with its tables, references, plots, run record."""
+    items = ['<li><a href="#findings">Findings</a></li>'] if findings else []
+    items += ['<li><a href="#leaderboard">Leaderboard</a></li>'] if board is not None else []
     by_task: dict[str, list[Table]] = {}
     for table in tables:
         by_task.setdefault(table.task, []).append(table)
@@ -88,8 +98,10 @@ def _toc(tables: Sequence[Table], board: Leaderboard | None, loose: bool, skippe
 
 def render_page(title: str, command: str, legend: str, record: Sequence[tuple[str, str]], tables: Sequence[Table],
                 references: Sequence[dict[str, str]], placed: Mapping[str, Sequence[Plot]], loose: Sequence[Plot],
-                skipped: Sequence[Skipped], reference_note: str = "", board: Leaderboard | None = None) -> str:
-    """The whole page. ``record`` is the flattened run record; ``references`` the records of
+                skipped: Sequence[Skipped], reference_note: str = "", board: Leaderboard | None = None,
+                findings: Sequence[Finding] = ()) -> str:
+    """The whole page (``findings``: the suite's expectations judged, first). ``record`` is the flattened run
+    record; ``references`` the records of
     :func:`bench.report.references.reference_records`, explained by ``reference_note``; ``placed`` the plots by
     the slug of the table they go beside, ``loose`` the plots without a table."""
     out = [
@@ -99,8 +111,12 @@ def render_page(title: str, command: str, legend: str, record: Sequence[tuple[st
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
         f"<p>Regenerate with <code>{html.escape(command)}</code></p>",
-        _toc(tables, board, bool(loose), bool(skipped)),
+        _toc(tables, board, bool(loose), bool(skipped), bool(findings)),
     ]
+    if findings:
+        out.append('<h2 id="findings">Findings</h2>')
+        out.append(findings_html(findings))
+        out.append(f'<p class="footnote">{html.escape(FINDINGS_LEGEND)}</p>')
     if board is not None:
         out.append('<h2 id="leaderboard">Leaderboard</h2>')
         out.append(leaderboard_html(board))

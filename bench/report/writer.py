@@ -2,7 +2,9 @@
 
 The report folder holds:
 
-- ``README.md``: the command that regenerates it, the leaderboard (:mod:`bench.report.leaderboard`: one row per
+- ``README.md``: the command that regenerates it, the findings (:mod:`bench.report.findings`: each expected outcome
+  of the suite, ``[[expect]]``, with what was measured and a verdict; only when the suite has expectations), the
+  leaderboard (:mod:`bench.report.leaderboard`: one row per
   model, its headline per task with bootstrap intervals), one table per (task, data set) (see
   :mod:`bench.report.tables` for the cell format and :mod:`bench.report.annotate` for the baselines, marks and
   joined columns), each followed by its plots, the paper references beside the measured values
@@ -11,7 +13,7 @@ The report folder holds:
   (images by relative path);
 - ``rows.csv`` (every row, tidy), ``leaderboard.csv`` (long form), ``tables/<task>__<dataset>.csv`` (one summary
   per table, long form), ``tables/<task>__<dataset>.tex`` and ``tables/tables.tex`` (LaTeX, booktabs),
-  ``references.csv``;
+  ``references.csv``, ``findings.csv`` (when the suite has expectations);
 - ``plots/*.png``.
 
 Nothing in it depends on the time it was made, so a report regenerated from the same store is identical.
@@ -29,6 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.report.annotate import report_tables
+from bench.report.findings import LEGEND as FINDINGS_LEGEND
+from bench.report.findings import Finding, build_findings, expectations_from_record, findings_frame
+from bench.report.findings import to_markdown as findings_markdown
 from bench.report.html import render_page
 from bench.report.leaderboard import LEGEND as LEADERBOARD_LEGEND
 from bench.report.leaderboard import Leaderboard, build_leaderboard, leaderboard_frame
@@ -130,8 +135,9 @@ def plots_by_table(tables: Sequence[Table], plots: Sequence[Plot]) -> tuple[dict
 
 
 def render_readme(store: Store, command: str, tables: Sequence[Table], references: Sequence[dict[str, str]],
-                  plots: Sequence[Plot], skipped: Sequence[Skipped], board: Leaderboard | None = None) -> str:
-    """The report's README.md."""
+                  plots: Sequence[Plot], skipped: Sequence[Skipped], board: Leaderboard | None = None,
+                  findings: Sequence[Finding] = ()) -> str:
+    """The report's README.md (``findings``: the suite's expectations judged, shown first when there are any)."""
     lines = [
         f"# invbench report: {store.name}",
         "",
@@ -143,6 +149,8 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
         "```",
         "",
     ]
+    if findings:
+        lines += ["## Findings", "", findings_markdown(findings), FINDINGS_LEGEND, ""]
     if board is not None:
         lines += ["## Leaderboard", "", leaderboard_markdown(board), LEADERBOARD_LEGEND, ""]
     lines += [
@@ -183,7 +191,8 @@ def render_readme(store: Store, command: str, tables: Sequence[Table], reference
     lines += ["", "## Files", "",
               "`rows.csv` (every row), `leaderboard.csv` (the leaderboard, long form), `tables/*.csv` (one summary per "
               "table), `tables/*.tex` and `tables/tables.tex` (LaTeX, needs `\\usepackage{booktabs}`), "
-              "`references.csv`, `index.html` (this page with the plots).",
+              "`references.csv`, " + ("`findings.csv` (the findings), " if findings else "")
+              + "`index.html` (this page with the plots).",
               ""]
     return "\n".join(lines)
 
@@ -207,7 +216,10 @@ def write_report(results: str | Path | Store, out: str | Path | None = None, com
     out_dir.mkdir(parents=True, exist_ok=True)
     tables = report_tables(store.rows)
     board = build_leaderboard(store.rows)
+    findings = build_findings(store.rows, expectations_from_record(store.record))
     write_csv(out_dir / "rows.csv", rows_frame(store.rows, store.record))
+    if findings:
+        write_csv(out_dir / "findings.csv", findings_frame(findings))
     if board is not None:
         write_csv(out_dir / "leaderboard.csv", leaderboard_frame(board))
     tex = []
@@ -222,12 +234,12 @@ def write_report(results: str | Path | Store, out: str | Path | None = None, com
     references = reference_records(match_references(store.rows, store.record))
     write_csv(out_dir / "references.csv", references_frame(references))
     plots, skipped = make_plots(store, out_dir)
-    (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped, board),
-                                       encoding="utf-8")
+    (out_dir / "README.md").write_text(render_readme(store, command, tables, references, plots, skipped, board,
+                                                     findings), encoding="utf-8")
     legend = " ".join(p for p in (LEGEND, skipped_lines_text(store), untrained_text(tables)) if p)
     placed, loose = plots_by_table(tables, plots)
     page = render_page(f"invbench report: {store.name}", command, legend, flatten_record(store.record), tables,
-                       references, placed, loose, skipped, STATUS_NOTE, board)
+                       references, placed, loose, skipped, STATUS_NOTE, board, findings)
     (out_dir / "index.html").write_text(page, encoding="utf-8")
     return out_dir
 
