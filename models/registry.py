@@ -211,6 +211,8 @@ _BUILTIN: dict[str, str] = {
     "realnvp-freia": "models.freia_flows:RealNVPFreia",
     "glow-freia": "models.freia_flows:GlowFreia",
     "glow-nflows": "models.nflows_glow:GlowNflows",
+    "glow-native": "models.glow:GlowNative",
+    "glow-additive-native": "models.glow:GlowAdditiveNative",
     "iresnet-freia": "models.freia_iresnet:IResNetFreia",
     "iresnet-native": "models.iresnet:IResNetNative",
     "resflow-native": "models.iresnet:ResFlowNative",
