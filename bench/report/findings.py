@@ -35,7 +35,7 @@ FINDINGS_FIELDS: tuple[str, ...] = ("claim", "source", "expected", "measured", "
 REPRODUCED, NOT_REPRODUCED, NOT_MEASURED, NOT_RUN = "reproduced", "not reproduced", "not measured", "not run"
 
 LEGEND = ("Findings: each expected outcome written in the suite ([[expect]]) against the rows measured. Per seed, "
-          "the condition is checked at the checkpoint steps chosen (any: some step; every: all steps; final: the "
+          "the condition is checked at the checkpoint steps chosen (any: some step; all: every step; final: the "
           "largest step; a metric without steps has one final value); measured shows, per seed (s0, s1, ...), the "
           "value that decides it (the extreme over the steps, or the final value) and, over checkpoints, the first "
           "and final values. reproduced: the condition holds on every seed; not reproduced (mixed k/n): on k of n "
