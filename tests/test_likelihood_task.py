@@ -182,6 +182,8 @@ class ResidualToy(InvertibleModel):
         return EstimatorSettings(method="series", terms=self.terms)
 
     def configure_estimator(self, settings: EstimatorSettings) -> None:
+        if settings.method != "series":  # the contract: reject what the model cannot honour
+            raise ValueError(f"ResidualToy has only the series estimator, not {settings.method!r}")
         self.configured.append(settings.terms)
         self.terms = settings.terms
 
@@ -463,8 +465,32 @@ def test_volume_preserving_model_reports_its_floor_beside_its_figures() -> None:
     assert rows["test_nll"].extra["volume_preserving"] is True
     assert rows["test_nll"].extra["floor"] == pytest.approx(floor)
     assert rows["test_bpd"].extra["floor"] == pytest.approx(bits_per_dim(floor, 4, None))
+    assert dataset.entropy is not None
     assert rows["kl_gap"].extra["floor"] == pytest.approx(floor - dataset.entropy)
     assert rows["test_nll"].value is not None and rows["test_nll"].value >= floor
     scaled = by_name(LikelihoodTask().run(make_ctx(lambda: RevNetNative(shape=(4,), hidden=8), dataset, budget,
                                                    curve_evals=0)))
     assert "floor" not in scaled["test_nll"].extra
+
+
+def test_native_iresnet_is_scored_by_its_own_exact_method_equal_to_the_autograd_jacobian() -> None:
+    """At small D an estimator model that accepts ``method = "exact"`` is scored by its own forward in one pass;
+    the value equals the exact log-det from the autograd Jacobian of the whole model."""
+    from bench.tasks.likelihood import LikelihoodOptions, logdet_plan, plan_applied
+    from models.iresnet import IResNetNative
+
+    torch.manual_seed(0)
+    model = IResNetNative((3,), depth=2, hidden=8).double().eval()
+    y = torch.randn(16, 3, dtype=torch.float64)
+    model.data_init(y)
+    plan = logdet_plan(model, 3, LikelihoodOptions())
+    assert (plan.logdet_eval, plan.logdet_source) == ("exact", "model")
+    assert plan.settings is not None and plan.settings.method == "exact"
+    dataset = Dataset(name="g", kind="vector", train_x=y, test_x=y)
+    with plan_applied(model, plan):
+        logp = log_likelihood(model, dataset, y, CPU, plan)
+    assert model.estimator_settings().method == "series"  # restored
+    with torch.no_grad():
+        z = model.encode(y)
+    reference = standard_normal_log_prob(z) + jacobian_slogdet(model.encode, y)
+    torch.testing.assert_close(logp, reference, atol=1e-9, rtol=0)

@@ -133,7 +133,9 @@ class ScoringPlan:
 
     Attributes:
         logdet_eval: ``"exact"`` or ``"estimator"``: which log-det the NLL holds.
-        logdet_source: ``"model"`` (the model's own ladj) or ``"autograd-jacobian"``
+        logdet_source: ``"model"`` (the model's own ladj), ``"model-exact"`` (the model's own
+            :meth:`~models.base.InvertibleModel.exact_logdet`, where its class overrides the contract's autograd
+            default, as the native i-ResNet's block-wise Jacobians do) or ``"autograd-jacobian"``
             (:func:`models.jacobian.jacobian_by_replicas`).
         settings: the estimator settings that apply while scoring (high precision for ``"estimator"``; the cheapest
             for the Jacobian pass, whose estimate is discarded); None for exact models.
@@ -141,7 +143,7 @@ class ScoringPlan:
     """
 
     logdet_eval: Literal["exact", "estimator"]
-    logdet_source: Literal["model", "autograd-jacobian"]
+    logdet_source: Literal["model", "model-exact", "autograd-jacobian"]
     settings: EstimatorSettings | None = None
     trained: EstimatorSettings | None = None
 
@@ -160,17 +162,33 @@ def plan_applied(model: InvertibleModel, plan: ScoringPlan) -> contextlib.Abstra
     return estimator_settings(model, plan.settings)
 
 
+def accepts(model: InvertibleModel, settings: EstimatorSettings) -> bool:
+    """Whether ``model.configure_estimator`` takes ``settings`` (a model rejects what it cannot honour with
+    ValueError); the model's own settings are restored either way."""
+    try:
+        with estimator_settings(model, settings):
+            return True
+    except ValueError:
+        return False
+
+
 def logdet_plan(model: InvertibleModel, dim: int, options: LikelihoodOptions) -> ScoringPlan:
-    """How to score ``model`` on ``dim``-dimensional data: its own log-det when exact; the exact autograd log-det
-    when ``dim <= options.exact_max_dim``; else its estimator at ``options.eval_estimator`` (or
-    :func:`high_precision_settings`)."""
+    """How to score ``model`` on ``dim``-dimensional data: its own log-det when exact; when
+    ``dim <= options.exact_max_dim`` the exact log-det: from the model's own forward with ``method = "exact"``
+    where it accepts that setting (one pass, as the native i-ResNet's block-wise Jacobians), else from its own
+    ``exact_logdet`` where its class overrides the contract's default, else from the autograd Jacobian of the whole
+    model; above it, its estimator at ``options.eval_estimator`` (or :func:`high_precision_settings`)."""
     if model.capabilities.logdet == "exact":
         return ScoringPlan("exact", "model")
     trained = model.estimator_settings()
     if trained is None:
         raise ValueError(f"{type(model).__name__} declares a log-det estimator but reports no estimator settings")
     if dim <= options.exact_max_dim:
-        return ScoringPlan("exact", "autograd-jacobian", cheapest_settings(trained), trained)
+        exact = dataclasses.replace(trained, method="exact", neumann_grad=False)
+        if accepts(model, exact):  # the model's own forward gives the exact log-det in one pass
+            return ScoringPlan("exact", "model", exact, trained)
+        own = type(model).exact_logdet is not InvertibleModel.exact_logdet
+        return ScoringPlan("exact", "model-exact" if own else "autograd-jacobian", cheapest_settings(trained), trained)
     if options.eval_estimator:
         changes: dict[str, Any] = dict(options.eval_estimator)  # field names checked by LikelihoodOptions
         return ScoringPlan("estimator", "model", dataclasses.replace(trained, **changes), trained)
@@ -184,7 +202,7 @@ def log_likelihood(model: InvertibleModel, dataset: Dataset, x: Tensor, device: 
     Returns (N,) on the CPU."""
     dtype = model_dtype(model)
     exact_autograd = plan.logdet_source == "autograd-jacobian"
-    if exact_autograd:
+    if exact_autograd or plan.logdet_source == "model-exact":
         chunk = max(1, JACOBIAN_ROWS // dataset.dim)
     elif model.capabilities.logdet == "estimator":
         chunk = max(1, min(batch_size, ESTIMATOR_ROWS // dataset.dim))
@@ -197,6 +215,9 @@ def log_likelihood(model: InvertibleModel, dataset: Dataset, x: Tensor, device: 
             if exact_autograd:  # one forward and one backward pass over chunk x D rows
                 z, jac = jacobian_by_replicas(lambda v: model(v)[0], y)
                 logp = standard_normal_log_prob(z) + torch.linalg.slogdet(jac)[1]
+            elif plan.logdet_source == "model-exact":
+                with evaluation_grad_mode(model):
+                    logp = standard_normal_log_prob(model.encode(y)) + model.exact_logdet(y)
             else:
                 with evaluation_grad_mode(model):
                     logp = model.log_prob(y)
