@@ -505,3 +505,12 @@ n_test = 32
     message = str(info.value)
     assert "\n" not in message and message.startswith("realnvp-nflows on moons: match_params = 10: ")
     assert "hidden = 1 (the fewest it can have)" in message and not (tmp_path / "small").exists()
+
+
+def test_expectations_and_descriptions_are_not_configuration() -> None:
+    from bench.run.runner import suite_changes
+
+    old = {"seeds": [0], "description": "a", "expectations": [{"claim": "x", "value": 0}]}
+    new = {"seeds": [0], "description": "b", "expectations": [{"claim": "x", "value": 1}]}
+    assert suite_changes(old, new) == []
+    assert suite_changes(old, {**new, "seeds": [0, 1]}) == ["seeds: [0] -> [0, 1]"]

@@ -316,7 +316,7 @@ def check_unchanged(out: Path, suite: Suite) -> None:
 
 
 #: suite fields that do not change what a cell computes
-_NOT_CONFIG = frozenset({"description", "source", "slurm"})
+_NOT_CONFIG = frozenset({"description", "source", "slurm", "expectations"})
 
 
 def suite_changes(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> list[str]:
