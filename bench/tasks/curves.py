@@ -72,16 +72,26 @@ class CurveRequest:
         evals: at most this many evaluations (step 0 and the final step included; >= 1).
         settings: everything the values depend on besides the model (subset size, scoring plan options), JSON
             data: the checkpoint cache reuses a recorded curve only when metric, evals and settings are equal.
+        steps: explicit evaluation steps (checkpoints) instead of the geometric plan of :func:`eval_steps` (``evals``
+            is then not used); step 0 and the final step are evaluated as always. Empty: the geometric plan.
     """
 
     metric: str
     evaluate: Callable[[Any], float]
     evals: int
     settings: dict[str, Any] = field(default_factory=dict)
+    steps: tuple[int, ...] = ()
 
     def key(self) -> dict[str, Any]:
         """The identity of the curve (without the callback), for the checkpoint cache."""
-        return {"metric": self.metric, "evals": self.evals, "settings": self.settings}
+        key = {"metric": self.metric, "evals": self.evals, "settings": self.settings}
+        return {**key, "steps": list(self.steps)} if self.steps else key
+
+    def planned(self, max_steps: int) -> list[int]:
+        """The evaluation steps planned within ``max_steps``: ``steps`` when given, else :func:`eval_steps`."""
+        if self.steps:
+            return sorted({s for s in self.steps if 0 <= s <= max_steps})
+        return eval_steps(max_steps, self.evals)
 
 
 def eval_steps(max_steps: int, evals: int) -> list[int]:

@@ -14,11 +14,12 @@ once with ``fit_closed_form`` on the whole training set (discrete data dequantis
 generator, then pre-processed) and takes no optimiser step, whatever the budget (``steps = 0`` included).
 
 Learning curves (:mod:`bench.tasks.curves`): given a :class:`~bench.tasks.curves.CurveRequest`, the loop scores
-the model at step 0 (after ``data_init``), at the geometric steps of :func:`~bench.tasks.curves.eval_steps` and
-at the final step (a closed-form fit: the final point only). The training clock is paused during evaluations
-(the time budget, the cosine schedule and ``TrainResult.seconds`` count training only), and the random state is
-forked around them (``torch.random.fork_rng``), so an evaluation's probes do not change the training: with a
-step budget the trained weights are the same with and without a curve.
+the model at step 0 (after ``data_init``), at the steps the request plans
+(:meth:`~bench.tasks.curves.CurveRequest.planned`: the geometric steps of :func:`~bench.tasks.curves.eval_steps`,
+or explicit checkpoints) and at the final step (a closed-form fit: the final point only). The training clock is
+paused during evaluations (the time budget, the cosine schedule and ``TrainResult.seconds`` count training only),
+and the random state is forked around them (``torch.random.fork_rng``), so an evaluation's probes do not change
+the training: with a step budget the trained weights are the same with and without a curve.
 
 :func:`trained_model` is what tasks call: it trains once per (model class and config, data set, seed,
 objective, budget, regulariser) and caches the state dict in ``ctx.checkpoint_dir``, so ``inverse_cost``,
@@ -53,7 +54,7 @@ from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
 from bench.run.rundir import config_hash
 from bench.tasks.base import Budget, Metric, MetricSpec, TaskContext
-from bench.tasks.curves import Curve, CurveRequest, eval_steps
+from bench.tasks.curves import Curve, CurveRequest
 from models.base import InvertibleModel
 from models.loss import OBJECTIVES, training_loss
 
@@ -181,7 +182,7 @@ class _CurveRecorder:
                  max_steps: int) -> None:
         self.model, self.request, self.device = model, request, device
         self.curve = Curve(request.metric) if request is not None else None
-        self.planned = set(eval_steps(max_steps, request.evals)) if request is not None else set()
+        self.planned = set(request.planned(max_steps)) if request is not None else set()
         self.paused = 0.0
 
     def due(self, step: int) -> bool:
@@ -336,18 +337,23 @@ def train_likelihood(model: InvertibleModel, dataset: Dataset, budget: Budget, d
 
 
 def train_classifier(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
-                     progress: Progress | None = None, curve: CurveRequest | None = None) -> TrainResult:
-    """Minimise the cross entropy of ``model.logits(y)`` (B, num_classes) against ``dataset.train_y`` (B,);
-    ``curve``: record a learning curve.
+                     progress: Progress | None = None, curve: CurveRequest | None = None,
+                     regularizer: FDRegularizer | None = None) -> TrainResult:
+    """Minimise the cross entropy of ``model.logits(y)`` (B, num_classes) against ``dataset.train_y`` (B,), plus
+    ``regularizer.penalty(model, y)`` on the steps it applies to (the invertible map's finite differences, as
+    Behrmann et al. 2021 regularise their memory-saving classifier); ``curve``: record a learning curve.
 
     Leaves the model in ``eval()`` mode on ``device``.
     """
     if dataset.train_y is None:
         raise ValueError(f"data set {dataset.name!r} has no labels to train a classifier on")
 
-    def loss_fn(y: Tensor, _ldj: Tensor, labels: Tensor | None, _step: int) -> Tensor:
+    def loss_fn(y: Tensor, _ldj: Tensor, labels: Tensor | None, step: int) -> Tensor:
         assert labels is not None
-        return training_loss(model, y, labels, objective="classification")
+        loss = training_loss(model, y, labels, objective="classification")
+        if regularizer is not None and regularizer.applies(step):
+            loss = loss + regularizer.penalty(model, y)
+        return loss
 
     return _fit(model, dataset, budget, device, seed, loss_fn, dataset.train_y.long(), progress, "classification",
                 curve)
