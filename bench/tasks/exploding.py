@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -55,7 +55,14 @@ from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
 from bench.tasks.curves import EVAL_TIME, CurveRequest, curve_metrics
 from bench.tasks.measure import eval_inputs, grad_context, options_of, resolve_grad_mode
-from bench.tasks.training import TRAIN_SPECS, fixed_test_x, preprocess_batch, train_likelihood, train_metrics
+from bench.tasks.training import (
+    TRAIN_SPECS,
+    TrainResult,
+    fixed_test_x,
+    preprocess_batch,
+    train_likelihood,
+    train_metrics,
+)
 from bench.units import bits_per_dim
 from models.base import Capabilities, InvertibleModel
 from models.jacobian import batch_jacobian
@@ -261,6 +268,37 @@ def checkpoint_evaluator(ctx: TaskContext, opts: ExplodingOptions, inputs: dict[
     return evaluate
 
 
+def checkpoint_rows(result: TrainResult, evaluations: list[list[Metric]], checkpoints: Sequence[int],
+                    curve_metric: str) -> list[Metric]:
+    """The rows of a run evaluated at ``checkpoints`` through a curve callback that appended one list of rows per
+    evaluation to ``evaluations``: each list gets its step from the curve (``settings["step"]``), evaluations at
+    steps not asked for are dropped except the final one (``extra.final``; ``extra.diverged_at`` when training
+    diverged), then ``eval_time`` (the curve of ``curve_metric``) and the training rows (``extra
+    .checkpoints_not_reached`` lists the checkpoints the budget did not reach)."""
+    curve = result.curve
+    if curve is None or len(curve.step) != len(evaluations):
+        raise RuntimeError("the training loop did not record one curve point per checkpoint evaluation")
+    wanted = set(checkpoints)
+    out: list[Metric] = []
+    for step, metrics in zip(curve.step, evaluations, strict=True):
+        final = step == curve.step[-1]
+        if step not in wanted and not final:
+            continue
+        for m in metrics:
+            m.settings["step"] = step
+            if final:
+                m.extra["final"] = True
+                if result.diverged:
+                    m.extra["diverged_at"] = result.reason
+        out.extend(metrics)
+    tail = [*curve_metrics(curve, curve_metric, {}, {}), *train_metrics(result)]
+    skipped = sorted(wanted - set(curve.step))
+    if skipped:
+        for row in tail:
+            row.extra["checkpoints_not_reached"] = skipped
+    return out + tail
+
+
 class ExplodingTask(Task):
     """Non-finite reconstructions, reconstruction error, condition number and log-det gap over training."""
 
@@ -283,24 +321,4 @@ class ExplodingTask(Task):
                                settings={"task": "exploding"})
         model = ctx.make_model().to(ctx.device)
         result = train_likelihood(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, curve=request)
-        curve = result.curve
-        assert curve is not None and len(curve.step) == len(evaluations)
-        wanted = set(opts.checkpoints)
-        out: list[Metric] = []
-        for step, metrics in zip(curve.step, evaluations, strict=True):
-            final = step == curve.step[-1]
-            if step not in wanted and not final:
-                continue
-            for m in metrics:
-                m.settings["step"] = step
-                if final:
-                    m.extra["final"] = True
-                    if result.diverged:
-                        m.extra["diverged_at"] = result.reason
-            out.extend(metrics)
-        skipped = sorted(s for s in wanted if s not in set(curve.step))
-        tail = [*curve_metrics(curve, "test_bpd", {}, {}), *train_metrics(result)]
-        if skipped:
-            for row in tail:
-                row.extra["checkpoints_not_reached"] = skipped
-        return out + tail
+        return checkpoint_rows(result, evaluations, opts.checkpoints, "test_bpd")

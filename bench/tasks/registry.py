@@ -20,6 +20,8 @@ _TASKS: dict[str, str] = {
     "stability": "bench.tasks.stability:StabilityTask",
     "logdet": "bench.tasks.logdet:LogdetTask",
     "cost": "bench.tasks.cost:CostTask",
+    "exploding": "bench.tasks.exploding:ExplodingTask",
+    "memgrad": "bench.tasks.memgrad:MemgradTask",
 }
 
 
