@@ -216,6 +216,8 @@ _BUILTIN: dict[str, str] = {
     "iresnet-freia": "models.freia_iresnet:IResNetFreia",
     "iresnet-native": "models.iresnet:IResNetNative",
     "resflow-native": "models.iresnet:ResFlowNative",
+    "resflow-normflows": "models.normflows_flows:ResFlowNormflows",
+    "glow-normflows": "models.normflows_flows:GlowNormflows",
     "revnet-native": "models.revnet:RevNetNative",
     "revnet-memcnn": "models.memcnn_revnet:RevNetMemcnn",
     "nsf-nflows": "models.nflows_flows:NSFNflows",
