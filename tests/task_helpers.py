@@ -184,6 +184,21 @@ class BiasedEstimatorFlow(LinearFlow):
         self._hparams.update(terms=settings.terms)
 
 
+class WrongLadjFlow(LinearFlow):
+    """A LinearFlow whose ladj is off by ``error`` nats (``log|det W| + error``): a planted failure of the
+    change-of-variables formula, seen by any comparison with the slogdet of the autograd Jacobian (which is ``W``)."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int | None = None, error: float = 0.5,
+                 seed: int = 0) -> None:
+        super().__init__(shape, num_classes, seed=seed)
+        self._hparams.update(error=error)
+        self.error = error
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z, ladj = super().forward(x)
+        return z, ladj + self.error
+
+
 class ClosedFormGaussian(LinearFlow):
     """A full-covariance Gaussian fitted in closed form (``closed_form_fit``): ``z = L^-1 (x - mu)`` with
     ``L L^T`` the sample covariance of the training set; the baseline ``"gaussian"``. ``x``: (B, D)."""
