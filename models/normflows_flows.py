@@ -364,7 +364,8 @@ class ResFlowNormflows(InvertibleModel):
             elif i == 0 and h is x:
                 h = x.view_as(x)  # normflows calls requires_grad_(True) on a block's input: not on the caller's
             if ladj is None:
-                h = block.iresblock.forward(h)  # x + g(x), no log-det
+                rb: Any = block.iresblock
+                h = rb.forward(h)  # x + g(x), no log-det
             else:
                 h, l_block = self._block_forward(block, h)
                 ladj = ladj + l_block
@@ -504,7 +505,9 @@ class GlowNormflows(InvertibleModel):
     unconditional Gaussian per scale; Glow's networks have 512 channels and ActNorm inside (normflows'
     ``net_actnorm``, off by default as here), K = 32 steps, L = 3 scales; the coupling's scale is
     ``sigmoid(h + 2)`` with no ``+ eps``, so it can only contract (the ActNorms expand). ``MultiscaleFlow`` is used
-    for vectors too because ``NormalizingFlow.inverse_and_log_det`` accumulates its log-det in float32.
+    for vectors too because ``NormalizingFlow.inverse_and_log_det`` accumulates its log-det in float32 (the adapter
+    uses its ``inverse_and_log_det`` / ``forward_and_log_det``: its ``log_prob`` starts the sum from a python 0 and
+    fails on vectors, whose first log-det, ActNorm's, is a 0-d tensor).
 
     Args:
         shape: (D,) with D >= 2, or (C, H, W) with H, W divisible by ``2**levels``.
