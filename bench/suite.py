@@ -396,11 +396,11 @@ def parse_suite(data: dict[str, Any], source: str = "<suite>") -> Suite:
     if not datasets:
         raise c.fail("datasets", "empty")
 
-    from bench.tasks.registry import task_names
+    from bench.tasks.registry import default_task_names
 
     tasks: list[str] = []
     task_options: dict[str, dict[str, Any]] = {}
-    for _p, t, opts in _names_and_tables(c, "tasks", data.get("tasks", task_names())):
+    for _p, t, opts in _names_and_tables(c, "tasks", data.get("tasks", default_task_names())):
         tasks.append(t)
         if opts:
             task_options[t] = opts

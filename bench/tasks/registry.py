@@ -34,9 +34,19 @@ tasks: Registry[type[Task]] = Registry(
     name_rule=(r"^[a-z][a-z0-9_]*$", "snake_case"), sort=False, hint="or pass 'module:TaskClass'")
 
 
+#: study tasks that train their own models for one experiment (a paper's finding over training): run only by the
+#: suites that name them, never by a suite that names no tasks
+STUDY_TASKS: tuple[str, ...] = ("exploding", "memgrad")
+
+
 def task_names() -> list[str]:
     """Every task name, in the order a suite runs them (training tasks first, then plug-ins)."""
     return tasks.names()
+
+
+def default_task_names() -> list[str]:
+    """The tasks of a suite that names none: every task but the :data:`STUDY_TASKS`."""
+    return [t for t in task_names() if t not in STUDY_TASKS]
 
 
 def get_task(name: str) -> type[Task]:
