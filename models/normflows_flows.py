@@ -153,8 +153,9 @@ class ResFlowNormflows(InvertibleModel):
     4. **Estimator settings.** One probe per call (normflows' ``randn_like``); ``probes = P > 1`` is done here by
        running every example P times in one batch (each replica draws its own probe, the roulette count is shared
        by the batch, as in ours) and averaging the estimates. No cap on the roulette count (``max_terms`` reports
-       ``2**31 - 1``), Gaussian probes only, autograd vector-Jacobian products; ``method="exact"`` is refused
-       (normflows' ``exact_trace`` still truncates the series, its brute force exists only at D = 2).
+       ``2**31 - 1``), Gaussian probes only, autograd vector-Jacobian products. ``method="exact"`` only at D = 2:
+       normflows' ``brute_force`` (the 2x2 determinant of the autograd Jacobian, also in training; the setting
+       the quick suite gives ``resflow-native`` on 2-D data); its ``exact_trace`` still truncates the series.
     5. **No classifier head** (``resflow-native`` has i-ResNet's linear head on ``z``).
     6. **Last layer initialisation.** ``init_zeros`` (False by default, as our PyTorch-default init) is normflows'
        option to divide the last layer's initial weight by 1000 (its example sets it).
@@ -199,8 +200,8 @@ class ResFlowNormflows(InvertibleModel):
             ``max_lipschitz_iter``.
         init_iterations: power iterations at construction (``update_lipschitz`` once).
         init_zeros: normflows' ``init_zeros`` (last layer's initial weight / 1000).
-        method: ``"roulette"`` (normflows' ``n_power_series=None``) or ``"series"`` (``n_power_series=terms``,
-            training only).
+        method: ``"roulette"`` (normflows' ``n_power_series=None``), ``"series"`` (``n_power_series=terms``,
+            training only) or ``"exact"`` (``brute_force``, D = 2 only).
         terms: series terms (``method="series"``).
         exact_terms: normflows' ``n_exact_terms`` (training).
         probes: Hutchinson probes (replicas, see difference 4).
@@ -232,13 +233,12 @@ class ResFlowNormflows(InvertibleModel):
         settings = EstimatorSettings(method=method, terms=terms, exact_terms=exact_terms, probes=probes,
                                      tail=tail, tail_param=tail_param, max_terms=UNCAPPED,
                                      neumann_grad=neumann_grad, vjp="autograd", eval_seed=eval_seed)
-        if method == "exact":
-            raise ValueError("normflows' Residual has no exact log-det at general D (method 'roulette' or 'series')")
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          actnorm=actnorm, n_power_iterations=n_power_iterations, init_iterations=init_iterations,
                          init_zeros=init_zeros, method=method, terms=terms, exact_terms=exact_terms, probes=probes,
                          tail=tail, tail_param=tail_param, neumann_grad=neumann_grad, eval_seed=eval_seed,
                          training_value=training_value)
+        self._check_method(method)
         self.training_value: TrainingValue = training_value
         self.n_power_iterations = int(n_power_iterations)
         image = self.input_kind == "image"
@@ -280,8 +280,14 @@ class ResFlowNormflows(InvertibleModel):
     def _iresblocks(self) -> list[Any]:
         return [block.iresblock for block in self.blocks]
 
+    def _check_method(self, method: str) -> None:
+        if method == "exact" and self.shape != (2,):
+            raise ValueError(f"normflows' Residual has an exact log-det (brute_force) only at D = 2, not for shape "
+                             f"{self.shape}; use method 'roulette' or 'series'")
+
     def _apply_settings(self, s: EstimatorSettings) -> None:
         for rb in self._iresblocks():
+            rb.brute_force = s.method == "exact"
             rb.n_power_series = s.terms if s.method == "series" else None
             rb.n_exact_terms = s.exact_terms
             rb.n_dist = s.tail
@@ -300,12 +306,11 @@ class ResFlowNormflows(InvertibleModel):
         return self.settings
 
     def configure_estimator(self, settings: EstimatorSettings) -> None:
-        """Set the roulette / series, its terms, tail, probes (replicas), Neumann gradient and eval seed on every
-        block; probe kind, ``max_terms`` (none), ``vjp`` (autograd) and ``method="exact"`` cannot change."""
+        """Set the method (``"exact"`` at D = 2 only), terms, tail, probes (replicas), Neumann gradient and eval seed
+        on every block; probe kind, ``max_terms`` (none) and ``vjp`` (autograd) cannot change."""
         refuse_changes(self.settings, settings, ("method", "terms", "exact_terms", "probes", "tail", "tail_param",
                                                  "neumann_grad", "eval_seed"), "normflows' Residual")
-        if settings.method == "exact":
-            raise ValueError("normflows' Residual has no exact log-det at general D")
+        self._check_method(settings.method)
         self._apply_settings(settings)
         self._hparams.update(method=settings.method, terms=settings.terms, exact_terms=settings.exact_terms,
                              probes=settings.probes, tail=settings.tail, tail_param=settings.tail_param,
@@ -337,7 +342,7 @@ class ResFlowNormflows(InvertibleModel):
         its training-mode Neumann surrogate given the estimate's value (``training_value="estimate"``).
         ``h``: (B, *inner_shape) -> (``y``, ``ladj``: (B,))."""
         rb = block.iresblock
-        if self.training and rb.neumann_grad and self.training_value == "estimate":
+        if self.training and rb.neumann_grad and not rb.brute_force and self.training_value == "estimate":
             with replayed_rng(h.device), torch.no_grad():  # the same probe and count as the call below
                 rb.neumann_grad = rb.grad_in_forward = False
                 try:
@@ -393,10 +398,11 @@ class ResFlowNormflows(InvertibleModel):
         return self._walk(x, with_logdet=False)[0]
 
     def exact_logdet(self, x: Tensor) -> Tensor:
-        """Exact ``log|det dz/dx|`` from the autograd Jacobian of :meth:`encode`. ``x``: (B, *shape) -> (B,)."""
-        from models.jacobian import jacobian_slogdet
+        """Exact ``log|det dz/dx|`` from the autograd Jacobian of :meth:`encode` (no estimator runs), one forward and
+        one backward pass over B x D replicas (examples are independent). ``x``: (B, *shape) -> (B,), detached."""
+        from models.jacobian import jacobian_by_replicas
 
-        return jacobian_slogdet(self.encode, x)
+        return torch.linalg.slogdet(jacobian_by_replicas(self.encode, x)[1])[1]
 
     def data_init(self, x: Tensor) -> None:
         """normflows' own ActNorm initialisation, block by block, on ``x``: (B, *shape) (B >= 2)."""

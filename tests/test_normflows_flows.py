@@ -173,6 +173,19 @@ def test_configure_estimator_reaches_normflows_blocks_and_refuses_what_it_cannot
             model.configure_estimator(dataclasses.replace(model.estimator_settings(), **change))
 
 
+def test_exact_method_is_normflows_brute_force_at_d2_only() -> None:
+    model = _resflow((2,), method="exact").train()
+    x = _x((2,))
+    assert all(rb.brute_force for rb in _iresblocks(model))
+    ladj = model(x)[1]
+    assert torch.allclose(ladj.detach(), model.exact_logdet(x), atol=1e-10, rtol=0)
+    exact = _grads(model, jacobian_slogdet(model.encode, x, create_graph=True).sum())
+    assert torch.allclose(_grads(model, ladj.sum()), exact, atol=1e-10, rtol=1e-8)
+    assert model.estimator_settings().cost_knobs() == ()
+    with pytest.raises(ValueError, match="D = 2"):
+        ResFlowNormflows((3,), method="exact")
+
+
 def test_probes_are_replicas_that_average_the_estimate() -> None:
     model = _resflow((4,)).eval()
     x = _x((4,), n=3)
