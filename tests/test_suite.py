@@ -163,13 +163,17 @@ def test_errors_are_one_line_naming_the_field(tmp_path: Path, text: str, expecte
 
 
 def test_bundled_suites(tmp_path: Path) -> None:
-    from bench.tasks.registry import task_names
+    from bench.tasks.registry import default_task_names, task_names
     from models.registry import names
 
-    assert bundled_suites() == ["fashion", "fashion-short", "paper", "quick"]
+    assert {"fashion", "fashion-short", "libraries", "paper", "quick"} <= set(bundled_suites())
     real = Known(models=names, tasks=task_names, datasets=lambda: DATASETS)
     quick = load_suite("quick", real)
-    assert quick.models == names() and quick.tasks == task_names() and len(quick.seeds) == 2
+    assert set(quick.models) < set(names()) and quick.tasks == default_task_names() and len(quick.seeds) == 2
+    # every registered model is in the quick suite or in the libraries / exploding suites
+    covered = {m for suite in ("quick", "libraries", "exploding") if suite in bundled_suites()
+               for m in load_suite(suite, real).models}
+    assert covered == set(names()), sorted(set(names()) - covered)
     assert {"gaussians8", "checkerboard", "moons", "spirals", "digits-flat"} <= {d.name for d in quick.datasets}
     from bench.tasks.stability import StabilityOptions, StabilityTask
 
@@ -179,7 +183,7 @@ def test_bundled_suites(tmp_path: Path) -> None:
     fashion = load_suite("fashion", real)
     assert [d.name for d in fashion.datasets] == ["fashion-mnist"] and fashion.budget.steps > quick.budget.steps
     short = load_suite("fashion-short", real)
-    assert [d.name for d in short.datasets] == ["fashion-mnist"] and short.models == names()
+    assert [d.name for d in short.datasets] == ["fashion-mnist"] and set(short.models) <= set(names())
     assert short.budget.seconds is not None and len(short.seeds) == 1
     paper = load_suite("paper", real)
     assert paper.device == "cuda" and {d.name for d in paper.datasets} == {"mnist", "cifar10"}
@@ -191,7 +195,7 @@ def test_bundled_suites(tmp_path: Path) -> None:
 
 
 def test_suite_lookup_errors(tmp_path: Path) -> None:
-    bundled = r"\(bundled: fashion, fashion-short, paper, "
+    bundled = r"\(bundled: exploding, exploding-fashion, fashion, fashion-short, libraries, paper, quick; "
     with pytest.raises(SuiteError, match=r"^unknown suite 'quik'; did you mean quick\? " + bundled):
         load_suite("quik", KNOWN)
     with pytest.raises(FileNotFoundError, match="suite file not found"):
