@@ -271,3 +271,19 @@ def test_report_without_expectations_has_no_findings(tmp_path: Path) -> None:
     assert "## Findings" not in (out / "README.md").read_text(encoding="utf-8")
     assert 'id="findings"' not in (out / "index.html").read_text(encoding="utf-8")
     assert not (out / "findings.csv").exists()
+
+
+def test_checkpointed_metrics_are_plotted_per_input_over_steps(tmp_path: Path) -> None:
+    """Rows with ``settings["step"]`` give one figure per (task, data set, metric), one panel per input."""
+    from bench.report.plots import make_plots
+    from bench.report.tables import Store
+
+    rows = [_row(v, seed=s, step=k, input=i) for s in (0, 1) for k, v in ((0, 1.0), (100, 30.0), (300, 1e4))
+            for i in ("test", "uniform")]
+    rows.append(_row(0.5, metric="condition"))  # no step: not a checkpoint plot
+    store = Store(run_dir=tmp_path, results_path=tmp_path / "results.jsonl", rows=rows, record={})
+    plots, _ = make_plots(store, tmp_path / "report")
+    made = [p for p in plots if p.kind == "checkpoints"]
+    assert [(p.task, p.dataset) for p in made] == [("exploding", "digits")]
+    assert made[0].path == "plots/checkpoints__digits__exploding__nonfinite_frac.png"
+    assert (tmp_path / "report" / made[0].path).stat().st_size > 0

@@ -49,11 +49,12 @@ PLOT_KINDS: dict[str, str] = {
     "logdet": "log-det estimator bias and spread vs cost",
     "memory_depth": "memory vs depth, memory-saving vs ordinary backprop",
     "learning_curves": "learning curves (held-out value vs training seconds)",
+    "checkpoints": "checkpointed metrics over training steps (exploding, memgrad)",
 }
 #: the task whose table a plot kind is shown beside (learning curves: the task of their rows)
 PLOT_TASKS: dict[str, str] = {"density": "likelihood", "samples": "likelihood", "recon_iters": "inverse_cost",
                               "lipschitz": "stability", "logdet": "logdet", "memory_depth": "cost",
-                              "learning_curves": "likelihood"}
+                              "learning_curves": "likelihood", "checkpoints": ""}
 
 
 @dataclass
@@ -86,6 +87,7 @@ def make_plots(store: Store, report_dir: Path) -> tuple[list[Plot], list[Skipped
     makers: dict[str, Callable[[Store, Path, list[Skipped]], list[Plot]]] = {
         "density": _density, "samples": _samples, "recon_iters": _recon_iters, "lipschitz": _lipschitz,
         "logdet": _logdet, "memory_depth": _memory_depth, "learning_curves": _learning_curves,
+        "checkpoints": _checkpoints,
     }
     plot_dir = report_dir / "plots"
     for kind, maker in makers.items():
@@ -422,4 +424,43 @@ def _learning_curves(store: Store, plot_dir: Path, skipped: list[Skipped]) -> li
         ax.legend(fontsize=6, ncols=2 if len(by_model) > 6 else 1)
         plots.append(_save(fig, plot_dir, "learning_curves", dataset, f"{metric} vs training time on {dataset}",
                            part=metric, task=task))
+    return plots
+
+
+def _checkpoints(store: Store, plot_dir: Path, skipped: list[Skipped]) -> list[Plot]:
+    """One figure per (task, data set, metric) of rows measured at training checkpoints (``settings["step"]``):
+    the metric against the step, one panel per input, one line per model and variant (seeds drawn separately);
+    log-y where the values span more than a decade."""
+    # {(task, dataset, metric): {input: {label: {seed: [(step, value)]}}}}
+    found: dict[tuple[str, str, str], dict[str, dict[str, dict[int, list[tuple[int, float]]]]]] = {}
+    for row in store.rows:
+        step = row.settings.get("step")
+        if not isinstance(step, int) or row.value is None or not math.isfinite(row.value):
+            continue
+        label = row.model + (f" +{row.variant}" if row.variant else "")
+        per_input = found.setdefault((row.task, row.dataset, row.metric), {})
+        per_input.setdefault(row.input or "-", {}).setdefault(label, {}).setdefault(row.seed, []).append(
+            (step, float(row.value)))
+    plots = []
+    for (task, dataset, metric), per_input in sorted(found.items()):
+        inputs = sorted(per_input)
+        fig, axes = _figure(len(inputs), ncols=min(4, len(inputs)))
+        labels = sorted({label for series in per_input.values() for label in series})
+        colors = dict(zip(labels, _colors(len(labels)), strict=True))
+        for ax, name in zip(axes, inputs, strict=True):
+            values = [v for series in per_input[name].values() for pts in series.values() for _, v in pts]
+            logy = min(values) > 0 and max(values) / min(values) > 10
+            for label, by_seed in sorted(per_input[name].items()):
+                for i, (_, pts) in enumerate(sorted(by_seed.items())):
+                    steps, vals = zip(*sorted(pts), strict=True)
+                    ax.plot(steps, vals, "o-", ms=3, lw=1.0, color=colors[label], label=label if i == 0 else "_")
+            _finish(ax, False, logy, "training step", metric, legend=False)
+            if logy and max(values) / min(values) > 1e3:  # many decades: one labelled tick per decade
+                from matplotlib.ticker import LogLocator
+
+                ax.yaxis.set_major_locator(LogLocator(subs=(1.0,)))
+            ax.set_title(f"input: {name}", fontsize=8)
+        axes[0].legend(fontsize=6)
+        plots.append(_save(fig, plot_dir, "checkpoints", dataset, f"{metric} over training on {dataset} ({task})",
+                           part=f"{task}__{metric}", task=task))
     return plots
