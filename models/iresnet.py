@@ -235,8 +235,10 @@ class ResidualFlow(InvertibleModel):
         solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
             (``inverse_tol`` is its ``tol``).
         solver: ``"fixed_point"`` or ``"anderson"``.
-        inverse_tol: with ``inverse_stop = "error"``, the reconstruction error the inverse is held to: a certified
-            bound on ``max_b ||x_b - F^-1(z)_b||_2`` (see :meth:`ResidualFlow.inverse`; ``None``: 1e-10 in float64,
+        inverse_tol: with ``inverse_stop = "error"``, the error budget of the inverse: the blocks' certified bounds
+            on the errors their own solves add (2-norm per example) sum to at most ``inverse_tol``; later blocks can
+            amplify an earlier block's error, which ``last_inverse.error_bound`` bounds (see
+            :meth:`ResidualFlow.inverse`; ``None``: 1e-10 in float64,
             1e-4 otherwise: in float32 a block's certifiable error floors near ``Lip / (1 - Lip)`` times the rounding of
             its residual, about 1e-6 ``||x||``); with ``"residual"``, each block's solve stops at
             ``max|x_{k+1} - x_k| <= tol (1 + max|x_{k+1}|)`` (``None``: 1e-10 in float64, 1e-6 otherwise; the error
