@@ -139,11 +139,15 @@ def test_quick_suite_two_d_configuration(name: str) -> None:
     if cfg["method"] == "exact":
         assert cfg["neumann_grad"] is False
 
+    # the suite's inverse_tol is its error budget for the float32 inverse; the conformance round trip is held to
+    # 1e-7 in float64, so it runs at the model's float64 default (1e-10)
+    trained_hp = {k: v for k, v in hp.items() if k != "inverse_tol"}
+
     class Quick(base):  # type: ignore[valid-type, misc]
-        """``base`` with the quick suite's 2-D hyper-parameters as its defaults."""
+        """``base`` with the quick suite's 2-D hyper-parameters (its inverse tolerance aside) as its defaults."""
 
         def __init__(self, shape: tuple[int, ...], num_classes: int | None = None, **kw: Any) -> None:
-            super().__init__(shape, num_classes, **{**hp, **kw})
+            super().__init__(shape, num_classes, **{**trained_hp, **kw})
 
     results = validate(Quick, shape=(2,))
     failed = [f"{r.name}: {r.figure}" for r in results if not r.passed]
