@@ -49,6 +49,8 @@ class SpectralNormLayer(nn.Module):
         if gain <= 0:
             raise ValueError(f"gain must be positive, got {gain}")
         self.coeff = float(coeff)
+        #: ``(key, value)`` of the last :meth:`operator_norm`
+        self._norm_cache: tuple[tuple[tuple[int, torch.dtype, int], ...], float] | None = None
         #: the weight used is ``gain * weight`` before normalisation (``sigma`` is that product's norm)
         self.gain = float(gain)
         self.n_power_iterations = int(n_power_iterations)
@@ -109,11 +111,21 @@ class SpectralNormLayer(nn.Module):
         """``x -> op(x; w) + b``."""
         raise NotImplementedError
 
-    @torch.no_grad()
     def operator_norm(self) -> float:
         """``||W_eff||_2`` of the weight in use (``normalized_weight()``), for certifying a block's Lipschitz
         constant: exact (largest singular value) for a linear layer; a convolution estimates it by
-        :data:`NORM_ITERATIONS` power-iteration steps from the stored vectors (an estimate from below)."""
+        :data:`NORM_ITERATIONS` power-iteration steps from the stored vectors (an estimate from below).
+
+        Kept until ``weight``, ``u`` or ``v`` change (their version counters and storage), so the inverse, which asks
+        for it on every call, pays for it once per set of weights."""
+        key = tuple((t.data_ptr(), t.dtype, t._version) for t in (self.weight, self.u, self.v))
+        cached = self._norm_cache
+        if cached is None or cached[0] != key:
+            cached = self._norm_cache = (key, self._operator_norm())
+        return cached[1]
+
+    @torch.no_grad()
+    def _operator_norm(self) -> float:
         raise NotImplementedError
 
     def transpose(self, y: Tensor, w: Tensor) -> Tensor:
@@ -145,7 +157,7 @@ class SpectralNormLinear(SpectralNormLayer):
         return F.linear(x, w, self.bias)
 
     @torch.no_grad()
-    def operator_norm(self) -> float:
+    def _operator_norm(self) -> float:
         return float(torch.linalg.matrix_norm(self.normalized_weight().double(), ord=2))
 
 
@@ -181,7 +193,7 @@ class SpectralNormConv2d(SpectralNormLayer):
         return F.conv2d(x, w, self.bias, padding=self.padding)
 
     @torch.no_grad()
-    def operator_norm(self) -> float:
+    def _operator_norm(self) -> float:
         w = self.normalized_weight()
         v = self.v.clone()
         for _ in range(NORM_ITERATIONS):

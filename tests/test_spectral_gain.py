@@ -153,3 +153,25 @@ def test_quick_suite_two_d_configuration(name: str) -> None:
     failed = [f"{r.name}: {r.figure}" for r in results if not r.passed]
     assert not failed, failed
     assert len(results) >= 10
+
+
+def test_operator_norm_is_kept_until_the_weights_change() -> None:
+    """The certified norm the inverse asks for on every call is computed once per set of weights: the same value
+    while nothing changes, the new exact norm after an in-place update or a dtype change."""
+    torch.manual_seed(0)
+    layer = SpectralNormLinear(3, 5, coeff=0.9).eval()
+
+    def exact() -> float:
+        with torch.no_grad():
+            return float(torch.linalg.matrix_norm(layer.normalized_weight().double(), ord=2))
+
+    first = layer.operator_norm()
+    assert layer.operator_norm() == first
+    assert first == pytest.approx(exact())
+    with torch.no_grad():
+        layer.weight.mul_(0.5)
+    halved = layer.operator_norm()
+    assert halved == pytest.approx(exact())
+    assert halved != first
+    layer.double()
+    assert layer.operator_norm() == pytest.approx(halved)
