@@ -329,6 +329,9 @@ class InvertibleModel(nn.Module, ABC):
     #: A reference the comparisons are held against rather than a contender (``"gaussian"``: the Gaussian fitted
     #: to the training data); tasks copy it into their rows' ``extra`` as ``{"baseline": baseline}``. None: a model.
     baseline: ClassVar[str | None] = None
+    #: Why the training loss cannot run under ``torch.compile`` (a training task's ``compile`` option then runs it
+    #: eagerly and records this as the fallback's reason); empty: it may be compiled.
+    compile_unsupported: ClassVar[str] = ""
 
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, **hparams: Any) -> None:
         super().__init__()

@@ -22,6 +22,7 @@ import torch
 from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
+from bench.tasks.compiled import CompileMode
 from bench.tasks.curves import CURVE_SPECS, CurveRequest, curve_metrics
 from bench.tasks.training import (
     TRAIN_SPECS,
@@ -44,6 +45,11 @@ class ClassificationOptions(Options):
         "test examples (the first ones) the learning curve's accuracy is measured on", min=1))
     curve_evals: int = field(default=12, metadata=opt(
         "most learning-curve evaluations (step 0, log-spaced steps, the final step); 0: no curve", min=0))
+    compile: CompileMode = field(default="off", metadata=opt(
+        "the training loss through torch.compile (reduce-overhead: with CUDA graphs on CUDA); eager where the model "
+        "cannot be compiled, recorded in train_time's extra.compile"))
+    compile_fullgraph: bool = field(default=False, metadata=opt(
+        "with compile: a graph break is a compile failure (eager fallback) instead of a split graph"))
 
 
 TEST_ACCURACY = MetricSpec("test_accuracy", "fraction", "up", "fraction of the test labels predicted correctly")
@@ -98,7 +104,8 @@ class ClassificationTask(Task):
         options: ClassificationOptions = ctx.options
         if dataset.test_y is None:
             raise ValueError(f"data set {dataset.name!r} has no test labels")
-        model, result = trained_model(ctx, "classification", curve=classification_curve(ctx, options))
+        model, result = trained_model(ctx, "classification", curve=classification_curve(ctx, options),
+                                      compile=options.compile, compile_fullgraph=options.compile_fullgraph)
         tail = [*curve_metrics(result.curve, TEST_ACCURACY.name, ctx.targets,
                                {TEST_ACCURACY.name: (TEST_ACCURACY, lambda v: v)}), *train_metrics(result)]
         if result.diverged:

@@ -47,6 +47,7 @@ from torch import Tensor
 from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, near, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext, save_artifact
+from bench.tasks.compiled import CompileMode
 from bench.tasks.curves import CURVE_SPECS, Curve, CurveRequest, curve_metrics
 from bench.tasks.measure import estimator_settings
 from bench.tasks.training import (
@@ -96,6 +97,11 @@ class LikelihoodOptions(Options):
     curve_rows: int = field(default=8192, metadata=opt(
         f"caps the curve's points at curve_rows // D (at least {CURVE_MIN_POINTS}): examples x dimensions per "
         "evaluation", min=1))
+    compile: CompileMode = field(default="off", metadata=opt(
+        "the training loss through torch.compile (reduce-overhead: with CUDA graphs on CUDA); eager where the model "
+        "cannot be compiled, recorded in train_time's extra.compile"))
+    compile_fullgraph: bool = field(default=False, metadata=opt(
+        "with compile: a graph break is a compile failure (eager fallback) instead of a split graph"))
 
     def __post_init__(self) -> None:
         known = [f.name for f in dataclasses.fields(EstimatorSettings)]
@@ -429,7 +435,8 @@ class LikelihoodTask(Task):
     def _measure(self, ctx: TaskContext) -> tuple[InvertibleModel, list[Metric]]:
         dataset = ctx.dataset
         options: LikelihoodOptions = ctx.options
-        model, result = trained_model(ctx, "likelihood", curve=likelihood_curve(ctx, options))
+        model, result = trained_model(ctx, "likelihood", curve=likelihood_curve(ctx, options), compile=options.compile,
+                                      compile_fullgraph=options.compile_fullgraph)
         tail = [*likelihood_curve_rows(ctx, result.curve), *train_metrics(result)]
         estimator = model.capabilities.logdet == "estimator"
         specs = [TEST_NLL, TEST_BPD] + ([KL_GAP] if dataset.entropy is not None else []) \

@@ -54,9 +54,10 @@ from bench.datasets.base import Dataset
 from bench.regularizers import FDRegularizer
 from bench.run.rundir import config_hash
 from bench.tasks.base import Budget, Metric, MetricSpec, TaskContext
+from bench.tasks.compiled import CompiledStep, CompileMode, CompileRecord, record_from
 from bench.tasks.curves import Curve, CurveRequest
 from models.base import InvertibleModel
-from models.loss import OBJECTIVES, training_loss
+from models.loss import OBJECTIVES, Objective
 
 Progress = Callable[[int, int, str], None]
 #: Maximum gradient norm (all trainable parameters together).
@@ -90,6 +91,8 @@ class TrainResult:
             ``max(1, budget.steps // 100)`` steps.
         reason: why training stopped early (empty when it ran to ``budget.steps``).
         curve: the learning curve, when one was requested.
+        compile: how the loss was computed (:class:`bench.tasks.compiled.CompileRecord`: the ``compile`` mode
+            requested and used, a fallback's reason, the first compiled step's seconds, kept out of ``seconds``).
     """
 
     steps: int
@@ -100,6 +103,7 @@ class TrainResult:
     reason: str = ""
     final_loss_stderr: float = math.nan
     curve: Curve | None = None
+    compile: CompileRecord = field(default_factory=CompileRecord)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainResult:
@@ -107,6 +111,7 @@ class TrainResult:
         fields = dict(data)
         if isinstance(fields.get("curve"), dict):
             fields["curve"] = Curve(**fields["curve"])
+        fields["compile"] = record_from(fields.get("compile")) or CompileRecord()
         return cls(**fields)
 
 
@@ -210,9 +215,13 @@ class _CurveRecorder:
 
 
 def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
-         loss_fn: Callable[[Tensor, Tensor, Tensor | None, int], Tensor], labels: Tensor | None,
-         progress: Progress | None, objective: str, curve: CurveRequest | None = None) -> TrainResult:
-    """The loop both objectives share. ``loss_fn(y, ldj, labels_batch, step) -> scalar``.
+         objective: Objective, labels: Tensor | None, progress: Progress | None,
+         regularizer: FDRegularizer | None = None, curve: CurveRequest | None = None,
+         compile: CompileMode = "off", compile_fullgraph: bool = False) -> TrainResult:
+    """The loop both objectives share: the loss is :func:`models.loss.training_loss` of ``objective`` (``labels``
+    (N,) the training labels for classification), plus ``regularizer.penalty(model, y)`` on the steps it applies
+    to, run as ``compile`` asks (:class:`bench.tasks.compiled.CompiledStep`; the first compiled step off the
+    training clock).
 
     With ``budget.steps == 0`` only ``model.data_init`` runs (on the first batch): the model as initialised. A
     ``closed_form_fit`` model is fitted on the whole training set instead. ``curve``: record a learning curve.
@@ -257,6 +266,7 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
     if not params:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     recorder.evaluate(0, clock())
+    stepper = CompiledStep(model, objective, compile, device, compile_fullgraph)
     # multi-tensor Adam: on the CPU torch defaults to a per-parameter loop, a quarter of a small flow's step
     opt = torch.optim.Adam(params, lr=budget.lr, foreach=True)
     history: list[float] = []
@@ -266,13 +276,15 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
     for step in range(budget.steps):
         if step > 0:
             batch = draw()
-        loss = loss_fn(*batch, step)
-        value = float(loss.detach())
+        opt.zero_grad(set_to_none=True)
+        first_compiled = stepper.timing_first_step
+        penalty = _penalty(model, batch[0], regularizer, step)
+        value = float(stepper.step(*batch, penalty))  # backpropagated where finite
+        if first_compiled:
+            recorder.paused += stepper.record.compile_seconds  # compiling is reported, not trained
         if not math.isfinite(value):
             final_loss, diverged, reason = value, True, f"non-finite loss ({value}) at step {step}"
             break
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, CLIP_NORM))
         if not math.isfinite(grad_norm):
             final_loss, diverged, reason = value, True, f"non-finite gradient norm at step {step}"
@@ -314,57 +326,59 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
     model.eval()
     recorder.evaluate(steps, seconds)
     return TrainResult(steps=steps, seconds=seconds, final_loss=final_loss, diverged=diverged,
-                       history=history, reason=reason, final_loss_stderr=stderr, curve=recorder.curve)
+                       history=history, reason=reason, final_loss_stderr=stderr, curve=recorder.curve,
+                       compile=stepper.record)
+
+
+def _penalty(model: InvertibleModel, y: Tensor, regularizer: FDRegularizer | None, step: int
+             ) -> Callable[[], Tensor | None]:
+    """The regulariser's penalty on ``y`` (B, *shape) at ``step`` as a thunk (None on the steps it skips)."""
+    if regularizer is None or not regularizer.applies(step):
+        return lambda: None
+    return lambda: regularizer.penalty(model, y)
 
 
 def train_likelihood(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
                      progress: Progress | None = None, regularizer: FDRegularizer | None = None,
-                     curve: CurveRequest | None = None) -> TrainResult:
+                     curve: CurveRequest | None = None, compile: CompileMode = "off",
+                     compile_fullgraph: bool = False) -> TrainResult:
     """Maximum likelihood: minimise ``-mean(log p_model(y) + ldj)`` (nats per example, ``y`` the pre-processed,
     dequantised batch of shape (B, *shape)), plus ``regularizer.penalty(model, y)`` on the steps it applies to;
-    ``curve``: record a learning curve.
+    ``curve``: record a learning curve; ``compile``: the loss through ``torch.compile``
+    (:mod:`bench.tasks.compiled`).
 
     Leaves the model in ``eval()`` mode on ``device``.
     """
-
-    def loss_fn(y: Tensor, ldj: Tensor, _labels: Tensor | None, step: int) -> Tensor:
-        loss = training_loss(model, y, objective="likelihood", ldj=ldj)
-        if regularizer is not None and regularizer.applies(step):
-            loss = loss + regularizer.penalty(model, y)
-        return loss
-
-    return _fit(model, dataset, budget, device, seed, loss_fn, None, progress, "likelihood", curve)
+    return _fit(model, dataset, budget, device, seed, "likelihood", None, progress, regularizer, curve, compile,
+                compile_fullgraph)
 
 
 def train_classifier(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
                      progress: Progress | None = None, curve: CurveRequest | None = None,
-                     regularizer: FDRegularizer | None = None) -> TrainResult:
+                     regularizer: FDRegularizer | None = None, compile: CompileMode = "off",
+                     compile_fullgraph: bool = False) -> TrainResult:
     """Minimise the cross entropy of ``model.logits(y)`` (B, num_classes) against ``dataset.train_y`` (B,), plus
     ``regularizer.penalty(model, y)`` on the steps it applies to (the invertible map's finite differences, as
-    Behrmann et al. 2021 regularise their memory-saving classifier); ``curve``: record a learning curve.
+    Behrmann et al. 2021 regularise their memory-saving classifier); ``curve``: record a learning curve;
+    ``compile``: the loss through ``torch.compile`` (:mod:`bench.tasks.compiled`).
 
     Leaves the model in ``eval()`` mode on ``device``.
     """
     if dataset.train_y is None:
         raise ValueError(f"data set {dataset.name!r} has no labels to train a classifier on")
-
-    def loss_fn(y: Tensor, _ldj: Tensor, labels: Tensor | None, step: int) -> Tensor:
-        assert labels is not None
-        loss = training_loss(model, y, labels, objective="classification")
-        if regularizer is not None and regularizer.applies(step):
-            loss = loss + regularizer.penalty(model, y)
-        return loss
-
-    return _fit(model, dataset, budget, device, seed, loss_fn, dataset.train_y.long(), progress, "classification",
-                curve)
+    return _fit(model, dataset, budget, device, seed, "classification", dataset.train_y.long(), progress,
+                regularizer, curve, compile, compile_fullgraph)
 
 
 def train_metrics(result: TrainResult) -> list[Metric]:
     """``train_time`` (s) and ``train_steps`` (:data:`TRAIN_SPECS`), with the loss curve and the stop reason in
-    ``extra``."""
+    ``train_time``'s ``extra``, and in both rows' ``extra["compile"]`` the :class:`~bench.tasks.compiled.CompileRecord`
+    fields (``requested``, ``used``, ``fullgraph``, ``cuda_graphs``, ``fallback_error``, ``fallback_reason``,
+    ``compile_seconds``)."""
+    record = asdict(result.compile)
     extra = {"final_loss": result.final_loss, "final_loss_stderr": result.final_loss_stderr,
-             "diverged": result.diverged, "history": result.history, "reason": result.reason}
-    return [TRAIN_TIME(result.seconds, extra=extra), TRAIN_STEPS(float(result.steps))]
+             "diverged": result.diverged, "history": result.history, "reason": result.reason, "compile": record}
+    return [TRAIN_TIME(result.seconds, extra=extra), TRAIN_STEPS(float(result.steps), extra={"compile": dict(record)})]
 
 
 # ------------------------------------------------------------------------------------------- checkpoints
@@ -406,25 +420,35 @@ def _save_atomic(path: Path, blob: dict[str, Any]) -> None:
         raise
 
 
-def _load(path: Path, key_json: str, curve_json: str | None, device: torch.device) -> dict[str, Any] | None:
+def _load(path: Path, key_json: str, curve_json: str | None, device: torch.device,
+          compile: tuple[CompileMode, bool] | None = None) -> dict[str, Any] | None:
     """The cached blob when ``path`` holds one for exactly ``key_json`` (and, unless ``curve_json`` is None, with
-    exactly that curve key), else None."""
+    exactly that curve key; unless ``compile`` is None, trained with that ``(mode, fullgraph)`` request), else
+    None."""
     if not path.exists():
         return None
     blob: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
     if blob.get("key") != key_json:
         return None
+    if compile is not None:
+        record = record_from(blob.get("result", {}).get("compile")) or CompileRecord()
+        if (record.requested, record.fullgraph) != compile:
+            return None
     return blob if curve_json is None or blob.get("curve_key") == curve_json else None
 
 
 def trained_model(ctx: TaskContext, objective: str, regularizer: FDRegularizer | None = None,
-                  curve: CurveRequest | None = None) -> tuple[InvertibleModel, TrainResult]:
+                  curve: CurveRequest | None = None, compile: CompileMode | None = None,
+                  compile_fullgraph: bool = False) -> tuple[InvertibleModel, TrainResult]:
     """A model of ``ctx.make_model()`` trained for ``objective`` (``"likelihood"`` or ``"classification"``).
 
     Loads it from ``ctx.checkpoint_dir`` when a checkpoint for the same model class and config, data set, seed,
-    objective, budget and regulariser exists (with ``curve``: and the same curve key; see the module docstring);
-    otherwise trains it, recording ``curve``, and (when caching is on) saves the state dict, the curve key and the
-    :class:`TrainResult` (curve included) atomically. Returns the model on ``ctx.device`` in ``eval()`` mode.
+    objective, budget and regulariser exists (with ``curve``: and the same curve key; with ``compile``: trained
+    with the same ``compile`` and ``compile_fullgraph`` request; see the module docstring); otherwise trains it,
+    recording ``curve``, with the loss compiled as ``compile`` asks (None: ``"off"``; a measurement task passes
+    None and reuses a checkpoint however it was trained), and (when caching is on) saves the state dict, the curve
+    key and the :class:`TrainResult` (curve and compile record included) atomically. Returns the model on
+    ``ctx.device`` in ``eval()`` mode.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; known: {', '.join(OBJECTIVES)}")
@@ -435,16 +459,18 @@ def trained_model(ctx: TaskContext, objective: str, regularizer: FDRegularizer |
     key_json = json.dumps(key, sort_keys=True, default=str)
     curve_json = None if curve is None else json.dumps(curve.key(), sort_keys=True, default=str)
     path = checkpoint_path(ctx, key) if ctx.checkpoint_dir is not None else None
-    blob = _load(path, key_json, curve_json, ctx.device) if path is not None else None
+    asked = None if compile is None else (compile, compile_fullgraph)
+    blob = _load(path, key_json, curve_json, ctx.device, asked) if path is not None else None
     if blob is not None:
         model.load_state_dict(blob["state_dict"])
         model.eval()
         return model, TrainResult.from_dict(blob["result"])
     if objective == "likelihood":
         result = train_likelihood(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, regularizer,
-                                  curve)
+                                  curve, compile or "off", compile_fullgraph)
     else:
-        result = train_classifier(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, curve)
+        result = train_classifier(model, ctx.dataset, ctx.budget, ctx.device, ctx.seed, ctx.progress, curve,
+                                  compile=compile or "off", compile_fullgraph=compile_fullgraph)
     if path is not None:
         state = {k: v.detach().cpu() if isinstance(v, Tensor) else v for k, v in model.state_dict().items()}
         _save_atomic(path, {"key": key_json, "curve_key": curve_json, "state_dict": state,
