@@ -53,7 +53,7 @@ from torch import Tensor, nn
 InputKind = Literal["vector", "image"]
 LogdetKind = Literal["exact", "estimator"]
 InverseKind = Literal["analytic", "iterative"]
-SolverKind = Literal["fixed_point", "anderson"]
+SolverKind = Literal["fixed_point", "anderson", "newton", "auto"]
 StopKind = Literal["residual", "error"]
 EstimatorMethod = Literal["exact", "series", "roulette"]
 ProbeKind = Literal["gaussian", "rademacher"]
@@ -154,7 +154,9 @@ class InverseSettings:
     does not have) with ``ValueError``.
 
     Attributes:
-        solver: ``"fixed_point"`` (plain iteration) or ``"anderson"`` (Anderson acceleration).
+        solver: ``"fixed_point"`` (plain iteration), ``"anderson"`` (Anderson acceleration) or ``"newton"``
+            (Newton's method with the exact Jacobian of each block; small vectors only), ``"auto"`` (the model
+            picks per solve, as it states).
         tol: the tolerance the solve is held to (the stopping rule is the model's, stated in its docstring);
             ``None``: the model's default for the dtype.
         max_iter: iteration cap (per block for a stack of blocks); a model with a fixed iteration count runs

@@ -1,4 +1,4 @@
-"""Fixed-point solvers for inverting residual blocks: plain iteration and Anderson acceleration.
+"""Solvers for inverting residual blocks: plain iteration, Anderson acceleration and Newton's method.
 
 A residual block ``y = x + g(x)`` with ``Lip(g) = L < 1`` is inverted by the Banach iteration
 ``x_{k+1} = G(x_k) = y - g(x_k)``, whose error shrinks like ``L^k`` (Behrmann et al., "Invertible Residual
@@ -7,11 +7,14 @@ J. Numer. Anal. 2011) extrapolates from the last ``m`` iterates: with residuals 
 ``gamma = argmin ||f_k - dF gamma||`` (per example, ridge-regularised normal equations) and steps to
 ``x_{k+1} = G(x_k) - dG gamma``, where ``dF``, ``dG`` hold successive differences of ``f`` and ``G(x)``.
 
-Both solvers stop when ``max |G(x_k) - x_k| <= atol + rtol max |G(x_k)|`` (max over the batch), or, given an
+Newton's method (:func:`newton`, for small vectors) solves ``(I + J_g(x_k)) dx = G(x_k) - x_k`` with the block's
+exact Jacobian and converges quadratically near the solution.
+
+All three stop when ``max |G(x_k) - x_k| <= atol + rtol max |G(x_k)|`` (max over the batch), or, given an
 :class:`ErrorBound`, when the a-posteriori Banach bound on the error of ``G(x_k)`` meets its target: for ``G`` with
 Lipschitz constant ``L < 1`` and fixed point ``x*``, any ``x`` has ``||x* - x|| <= ||G(x) - x|| + L ||x* - x||``,
 so ``||x* - G(x)|| <= L ||x* - x|| <= L / (1 - L) ||G(x) - x||`` (per example, 2-norm; it holds for Anderson's
-extrapolated points too, since it asks nothing of how ``x`` was found). They return ``G(x_k)`` and report
+extrapolated points and Newton's iterates too, since it asks nothing of how ``x`` was found). They return ``G(x_k)`` and report
 iterations (evaluations of ``G``, i.e. of ``g``), the final residual ``max |G(x_k) - x_k|``, the bound where asked
 for, whether the criterion was met within ``max_iter``, and the residual after every iteration. A non-finite
 residual stops the solver with ``converged=False``, and so does a residual that has not gone below its least value
@@ -50,6 +53,8 @@ def ieee_fp32() -> Iterator[None]:
 
 #: iterations without a new least residual after which a solve counts as stalled at its rounding floor
 STALL = 20
+#: a Newton step that raised an example's residual norm more than this factor is replaced by the plain step
+NEWTON_GUARD = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,7 @@ def _check(gx: Tensor, x: Tensor, atol: float, rtol: float, bound: ErrorBound | 
     return residual, math.isfinite(residual) and error_bound <= bound.target
 
 
-def _stalled(history: list[float]) -> bool:
+def stalled(history: list[float]) -> bool:
     """No residual of the last :data:`STALL` iterations is below the least one before them."""
     return len(history) > STALL and min(history[-STALL:]) >= min(history[:-STALL])
 
@@ -118,7 +123,7 @@ def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: fl
         residual, met = _check(gx, x, atol, rtol, bound, result)
         result.iterations = k
         x = gx
-        if met or not math.isfinite(residual) or _stalled(result.history):
+        if met or not math.isfinite(residual) or stalled(result.history):
             result.converged = met
             break
     return x, result
@@ -130,6 +135,11 @@ def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float
     """Anderson-accelerated iteration from ``x0``: (B, ...) -> (``x``: (B, ...), result); stops on the residual
     tolerance, or on ``bound`` where given.
 
+    The last ``memory`` differences of ``f`` and ``G(x)`` live in ring buffers ``dF``, ``dG`` of shape
+    (B, memory, n), and their Gram matrix ``dF dF^T`` (B, memory, memory) gains one row and column per iteration,
+    so an iteration costs one evaluation of ``G``, a few products of (B, memory, n) and one batched solve of a
+    (B, m, m) system. An extrapolated point with a non-finite entry is replaced by the plain step there.
+
     Args:
         memory: how many past differences ``m`` the extrapolation uses.
         ridge: Tikhonov term relative to the mean diagonal of ``dF^T dF`` (at least 100 machine epsilons; keeps
@@ -137,38 +147,98 @@ def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float
     """
     result = SolveResult()
     b = x0.shape[0]
+    n = x0[0].numel()
+    d_f = x0.new_zeros(b, memory, n)
+    d_g = x0.new_zeros(b, memory, n)
+    gram = x0.new_zeros(b, memory, memory)
+    pair = x0.new_zeros(b, n, 2)  # the newest difference of f and f itself, for one product with d_f
+    ridge_eye = max(ridge, 100 * torch.finfo(x0.dtype).eps) * torch.eye(memory, dtype=x0.dtype, device=x0.device)
+    tiny = torch.finfo(x0.dtype).tiny
     x = x0
-    g_hist: list[Tensor] = []
-    f_hist: list[Tensor] = []
+    prev_f: Tensor | None = None
+    prev_g: Tensor | None = None
+    filled = 0  # differences held; the empty slots are zero, and so are their rows of the Gram matrix and gamma
+    slot = 0  # where the next difference goes
     best = math.inf
     gx = x0
     for k in range(1, max_iter + 1):
         gx = G(x)
         residual, met = _check(gx, x, atol, rtol, bound, result)
         result.iterations = k
-        if met or not math.isfinite(residual) or _stalled(result.history):
+        if met or not math.isfinite(residual) or stalled(result.history):
             result.converged = met
             break
         if residual > 1e3 * best:  # extrapolation went astray: restart from the plain step
-            g_hist.clear()
-            f_hist.clear()
+            filled, slot, prev_f = 0, 0, None
+            d_f.zero_()
+            d_g.zero_()
+            gram.zero_()
         best = min(best, residual)
-        g_hist.append(gx.reshape(b, -1))
-        f_hist.append((gx - x).reshape(b, -1))
-        if len(g_hist) > memory + 1:
-            g_hist.pop(0)
-            f_hist.pop(0)
-        if len(g_hist) == 1:
+        g_flat = gx.reshape(b, n)
+        f_flat = g_flat - x.reshape(b, n)
+        if prev_f is None or prev_g is None:
+            prev_f, prev_g = f_flat, g_flat
             x = gx
             continue
-        d_f = torch.stack([f_hist[i + 1] - f_hist[i] for i in range(len(f_hist) - 1)], dim=2)  # (B, n, m)
-        d_g = torch.stack([g_hist[i + 1] - g_hist[i] for i in range(len(g_hist) - 1)], dim=2)
-        gram = d_f.transpose(1, 2) @ d_f  # (B, m, m)
-        scale = gram.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(torch.finfo(gram.dtype).tiny)
-        eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
-        lam = max(ridge, 100 * torch.finfo(gram.dtype).eps)
-        rhs = d_f.transpose(1, 2) @ f_hist[-1].unsqueeze(2)  # (B, m, 1)
-        gamma = torch.linalg.solve(gram + (lam * scale)[:, None, None] * eye, rhs)
-        x_new = (g_hist[-1] - (d_g @ gamma).squeeze(2)).reshape(x0.shape)
-        x = x_new if bool(torch.isfinite(x_new).all()) else gx
+        torch.sub(f_flat, prev_f, out=d_f[:, slot])
+        torch.sub(g_flat, prev_g, out=d_g[:, slot])
+        pair[:, :, 0] = d_f[:, slot]
+        pair[:, :, 1] = f_flat
+        products = torch.bmm(d_f, pair)  # (B, memory, 2): the new Gram column and dF f
+        gram[:, slot, :] = products[:, :, 0]
+        gram[:, :, slot] = products[:, :, 0]
+        filled = min(filled + 1, memory)
+        slot = (slot + 1) % memory
+        prev_f, prev_g = f_flat, g_flat
+        scale = gram.diagonal(dim1=1, dim2=2).sum(dim=1).div(filled).clamp_min(tiny)
+        gamma = torch.linalg.solve_ex(gram + scale[:, None, None] * ridge_eye, products[:, :, 1:])[0]  # (B, m, 1)
+        if not bool(torch.isfinite(gamma).all()):
+            x = gx
+            continue
+        x = (g_flat - (gamma * d_g).sum(dim=1)).reshape(x0.shape)
+    return gx, result
+
+
+@torch.no_grad()
+def newton(linearize: Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]], x0: Tensor, atol: float,
+           rtol: float, max_iter: int, bound: ErrorBound | None = None) -> tuple[Tensor, SolveResult]:
+    """Newton's method on ``x - G(x) = 0`` for ``G(x) = y - g(x)`` from ``x0``: (B, D) -> (``x``: (B, D), result).
+
+    ``linearize(x)`` returns ``G(x)``: (B, D) and a function giving ``J_g(x)``: (B, D, D), called only when a step
+    is taken. Each step solves ``(I + J_g(x_k)) dx = G(x_k) - x_k`` per example (closed form for D = 2, a batched
+    LU solve otherwise) and goes to ``x_k + dx``; ``I + J_g`` is invertible wherever ``||J_g|| < 1``, and near the
+    solution the error squares each step (Newton's quadratic convergence) against the factor ``Lip(g)`` of plain
+    iteration. Where a Newton step raised an example's residual more than :data:`NEWTON_GUARD` times, that
+    example's next point is the plain step ``G(x_{k-1})`` instead (a smaller rise is common on the way to the fast
+    phase: measured on a trained 2-D i-ResNet, a factor 1 took block iterations 6 -> 11, 10 kept 6). The stopping rule, the returned point ``G(x_k)`` and its a-posteriori bound are those
+    of :func:`fixed_point` (the bound asks nothing of how ``x_k`` was found); an iteration is one evaluation of
+    ``G``, and each step one Jacobian.
+    """
+    result = SolveResult()
+    d = x0.shape[1]
+    eye = torch.eye(d, dtype=x0.dtype, device=x0.device)
+    x = x0
+    gx = x0
+    prev: tuple[Tensor, Tensor] | None = None  # G(x) and the per-example residual norm at the last point
+    for k in range(1, max_iter + 1):
+        gx, jacobian = linearize(x)
+        residual, met = _check(gx, x, atol, rtol, bound, result)
+        result.iterations = k
+        if met or not math.isfinite(residual) or stalled(result.history):
+            result.converged = met
+            break
+        f = gx - x
+        norm = f.norm(dim=1)
+        a = jacobian() + eye
+        if d == 2:
+            det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+            step = torch.stack([a[:, 1, 1] * f[:, 0] - a[:, 0, 1] * f[:, 1],
+                                a[:, 0, 0] * f[:, 1] - a[:, 1, 0] * f[:, 0]], dim=1) / det[:, None]
+        else:
+            step = torch.linalg.solve_ex(a, f.unsqueeze(2))[0].squeeze(2)
+        x_next = x + torch.where(torch.isfinite(step), step, f)
+        if prev is not None:
+            x_next = torch.where((norm > NEWTON_GUARD * prev[1])[:, None], prev[0], x_next)
+        prev = (gx, norm)
+        x = x_next
     return gx, result

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -48,12 +48,20 @@ from models.base import (
     TailKind,
     VjpKind,
 )
-from models.fixed_point import ErrorBound, SolveResult, anderson, fixed_point, ieee_fp32
+from models.fixed_point import ErrorBound, SolveResult, anderson, fixed_point, ieee_fp32, newton, stalled
 from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
 
 InitMode = Literal["lazy", "force", "never"]
+#: The largest vector dimension for which ``solver = "newton"`` is accepted: each step costs D vector-Jacobian
+#: products and a (B, D, D) solve.
+NEWTON_MAX_DIM = 16
+#: ``solver = "auto"`` runs plain iteration this many steps at a time ...
+AUTO_PROBE = 2
+#: ... and switches to :meth:`ResidualBlock.auto_solver` once a residual is more than this fraction of the one before
+#: (a slow contraction: plain iteration would need many more steps).
+AUTO_SWITCH_RATE = 0.4
 
 
 class ResidualNet(nn.Module):
@@ -162,6 +170,13 @@ class ResidualNet(nn.Module):
 
         return h, (vjp_linear if len(shape) == 1 else vjp_conv)
 
+    def jacobian_from(self, vjp: VJP, x: Tensor) -> Tensor:
+        """The full Jacobian ``J_g(x)``: (B, D, D) of a vector net from a :meth:`linearize` ``vjp`` at ``x``: (B, D),
+        as D vector-Jacobian products with the unit vectors (row ``p`` of ``J`` is ``e_p^T J``)."""
+        b, d = x.shape
+        units = torch.eye(d, dtype=x.dtype, device=x.device)[:, None, :].expand(d, b, d)
+        return vjp(units).transpose(0, 1)
+
     def _linearize_autograd(self, x: Tensor, weights: list[Tensor]) -> tuple[Tensor, VJP]:
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -196,6 +211,11 @@ class ResidualBlock(nn.Module):
                 max_iter: int = 1000, memory: int = 5, bound: ErrorBound | None = None) -> tuple[Tensor, SolveResult]:
         """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result); stops on
         the residual tolerance ``atol + rtol max|x|``, or on ``bound`` (the a-posteriori error bound) where given.
+        ``solver``: :func:`models.fixed_point.fixed_point`, :func:`~models.fixed_point.anderson`,
+        :func:`~models.fixed_point.newton` (vectors only: the Jacobian is :meth:`ResidualNet.jacobian_from`), or
+        ``"auto"``: plain iteration, :data:`AUTO_PROBE` steps at a time, until a step shrinks the residual by less
+        than the factor :data:`AUTO_SWITCH_RATE`, then :meth:`auto_solver` from that point on (iterations and
+        history count both parts).
 
         Runs with TF32 off (:func:`models.fixed_point.ieee_fp32`): TF32 would stall the iteration near 1e-3."""
         weights = self.net.weights(update=False)
@@ -203,10 +223,42 @@ class ResidualBlock(nn.Module):
         def step(x: Tensor) -> Tensor:
             return y - self.net.evaluate(x, weights)
 
+        def linearized(x: Tensor) -> tuple[Tensor, Callable[[], Tensor]]:
+            gx, vjp = self.net.linearize(x, weights)
+            return y - gx, lambda: self.net.jacobian_from(vjp, x)
+
+        def accelerated(kind: SolverKind, x0: Tensor, iterations: int) -> tuple[Tensor, SolveResult]:
+            if kind == "anderson":
+                return anderson(step, x0, atol, rtol, iterations, memory=memory, bound=bound)
+            if kind == "newton":
+                return newton(linearized, x0, atol, rtol, iterations, bound=bound)
+            return fixed_point(step, x0, atol, rtol, iterations, bound=bound)
+
         with ieee_fp32():
-            if solver == "anderson":
-                return anderson(step, y, atol, rtol, max_iter, memory=memory, bound=bound)
-            return fixed_point(step, y, atol, rtol, max_iter, bound=bound)
+            if solver != "auto" or self.auto_solver(y) == "fixed_point":
+                return accelerated(solver if solver != "auto" else "fixed_point", y, max_iter)
+            done = SolveResult()
+            x = y
+            while True:
+                kind: SolverKind = "fixed_point"
+                if len(done.history) >= 2 and done.history[-1] > AUTO_SWITCH_RATE * done.history[-2]:
+                    kind = self.auto_solver(y)
+                left = max_iter - done.iterations
+                x, part = accelerated(kind, x, left if kind != "fixed_point" else min(AUTO_PROBE, left))
+                part.iterations += done.iterations
+                part.history = done.history + part.history
+                done = part
+                if (kind != "fixed_point" or done.converged or not math.isfinite(done.residual)
+                        or done.iterations >= max_iter or stalled(done.history)):
+                    return x, done
+
+    def auto_solver(self, y: Tensor) -> SolverKind:
+        """What ``solver = "auto"`` switches to on a slowly contracting solve: Newton's method for vectors of at
+        most :data:`NEWTON_MAX_DIM` dimensions, Anderson acceleration for images, plain iteration for larger vectors
+        (where, measured on digits as 64-vectors, neither paid for its extra work per iteration)."""
+        if y.dim() == 2:
+            return "newton" if y.shape[1] <= NEWTON_MAX_DIM else "fixed_point"
+        return "anderson"
 
 
 class ResidualFlow(InvertibleModel):
@@ -234,7 +286,8 @@ class ResidualFlow(InvertibleModel):
             the log-det estimator, see :class:`models.logdet_estimators.EstimatorSettings`.
         solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
             (``inverse_tol`` is its ``tol``).
-        solver: ``"fixed_point"`` or ``"anderson"``.
+        solver: ``"fixed_point"``, ``"anderson"`` or ``"newton"`` (vectors of at most :data:`NEWTON_MAX_DIM`
+            dimensions: each step builds the block's full Jacobian).
         inverse_tol: with ``inverse_stop = "error"``, the error budget of the inverse: the blocks' certified bounds
             on the errors their own solves add (2-norm per example) sum to at most ``inverse_tol``; later blocks can
             amplify an earlier block's error, which ``last_inverse.error_bound`` bounds (see
@@ -261,7 +314,7 @@ class ResidualFlow(InvertibleModel):
                  init_at_bound: bool = False, method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2,
                  probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
                  max_terms: int = 100, neumann_grad: bool = False, vjp: VjpKind = "analytic",
-                 eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
+                 eval_seed: int | None = None, solver: SolverKind = "auto", inverse_tol: float | None = None,
                  max_iter: int = 1000, anderson_memory: int = 5, inverse_stop: StopKind = "error") -> None:
         if depth < 1 or hidden < 1 or hidden_layers < 1:
             raise ValueError("depth, hidden and hidden_layers must be >= 1")
@@ -277,6 +330,7 @@ class ResidualFlow(InvertibleModel):
                          n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
                          **settings.as_dict(), **_inverse_hparams(solve))
         self.settings = settings
+        self._check_solver(solve)
         self.solve = solve
         self.n_squeeze = self._n_squeeze(squeeze)
         self.inner_shape = self._inner_shape()
@@ -319,9 +373,16 @@ class ResidualFlow(InvertibleModel):
         return self.solve
 
     def configure_inverse(self, settings: InverseSettings) -> None:
-        """Use ``settings`` for every block's solve from now on (both solvers are implemented)."""
+        """Use ``settings`` for every block's solve from now on; ``ValueError`` for Newton's method on images or
+        on vectors of more than :data:`NEWTON_MAX_DIM` dimensions."""
+        self._check_solver(settings)
         self.solve = settings
         self._hparams.update(_inverse_hparams(settings))
+
+    def _check_solver(self, settings: InverseSettings) -> None:
+        if settings.solver == "newton" and (len(self.shape) != 1 or self.shape[0] > NEWTON_MAX_DIM):
+            raise ValueError(f"solver 'newton' builds each block's full Jacobian: vectors of at most {NEWTON_MAX_DIM} "
+                             f"dimensions, got shape {self.shape}; use 'anderson' or 'fixed_point'")
 
     # ------------------------------------------------------------------------------ the flow
     def _pre(self, x: Tensor) -> Tensor:
@@ -485,7 +546,7 @@ class ResFlowNative(ResidualFlow):
                  init_at_bound: bool = False, method: EstimatorMethod = "roulette", terms: int = 5,
                  exact_terms: int = 2, probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric",
                  tail_param: float = 0.5, max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
-                 eval_seed: int | None = None, solver: SolverKind = "fixed_point", inverse_tol: float | None = None,
+                 eval_seed: int | None = None, solver: SolverKind = "auto", inverse_tol: float | None = None,
                  max_iter: int = 1000, anderson_memory: int = 5, inverse_stop: StopKind = "error") -> None:
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,

@@ -468,7 +468,7 @@ def test_estimator_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError):
         EstimatorSettings(tail="geometric", tail_param=1.5)
     with pytest.raises(ValueError, match="solver"):
-        InverseSettings(solver="newton")  # type: ignore[arg-type]
+        InverseSettings(solver="broyden")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_iter"):
         InverseSettings(max_iter=0)
 
