@@ -147,6 +147,8 @@ def test_residual_flows_native_vs_normflows(benchmark: Any, native: str) -> None
         err_theirs = _error(theirs.inverse(z_theirs), x)
         settings = ours.inverse_settings()
         assert settings is not None
+        # plain fixed-point iteration, the algorithm normflows' Residual inverse runs too (ours defaults to "auto")
+        settings = dataclasses.replace(settings, solver="fixed_point")
         ours.configure_inverse(dataclasses.replace(settings, stop="error", tol=max(err_theirs, 1e-6)))
         err_ours = _error(ours.inverse(z_ours), x)
         figures["inverse (error stop)"] = time_ratio(lambda: ours.inverse(z_ours), lambda: theirs.inverse(z_theirs),
