@@ -8,10 +8,16 @@ Networks" (AISTATS 2021) use these bi-Lipschitz quantities to explain when inver
 i-ResNet block ``F = x + g(x)`` with ``Lip(g) <= c < 1`` the bounds ``Lip(F) <= 1 + c`` and
 ``Lip(F^-1) <= 1 / (1 - c)`` hold (Behrmann et al., "Invertible Residual Networks", ICML 2019, Lemma 2).
 
-Two paths, per point, both through :mod:`models.jacobian`:
+Three paths, per point, all through :mod:`models.jacobian`:
 
 - ``"exact"`` (small D): the full Jacobian by D batched backward passes, then its singular values
   (:func:`models.jacobian.jacobian_singular_values`).
+- ``"lanczos"`` (large D, what ``"auto"`` uses): Lanczos on ``J^T J`` with JVP/VJP products from one forward graph,
+  every point at once (:func:`models.jacobian.lanczos_extremes`), stopped when the a-posteriori bound on each
+  point's relative error is at most ``rtol`` (or after ``iters`` steps; the bound reached is reported either way).
+  ``Lip(f^-1)`` is Lanczos through ``model.inverse`` at ``z`` (its largest singular value) for analytic inverses that
+  keep a graph; otherwise, for iterative inverses, it is ``1 / sigma_min`` from the same Lanczos run on ``J_f`` as
+  ``Lip(f)``: no inner solves.
 - ``"power"`` (large D): power iteration on ``J^T J`` with a Jacobian-vector product (the double-backward
   trick: ``J v = d/du <J^T u, v>``) and a vector-Jacobian product, reusing one forward graph for all
   iterations (:func:`models.jacobian.power_sigma_max`). ``Lip(f^-1)`` is the same power iteration through
@@ -27,6 +33,7 @@ block diagonal and one batched product serves every point at once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
@@ -34,9 +41,9 @@ import torch
 from torch import Tensor
 
 from models.base import InvertibleModel
-from models.jacobian import Map, jacobian_singular_values, power_sigma_max, power_sigma_min
+from models.jacobian import Map, jacobian_singular_values, lanczos_extremes, power_sigma_max, power_sigma_min
 
-Method = Literal["auto", "exact", "power"]
+Method = Literal["auto", "exact", "lanczos", "power"]
 
 
 @dataclass
@@ -46,14 +53,23 @@ class LipschitzEstimate:
     Attributes:
         forward: ``Lip_x(f)`` per point, (B,).
         inverse: ``Lip_z(f^-1)`` at ``z = f(x)`` per point, (B,).
-        method: ``"exact"`` or ``"power"``; ``inverse_method`` says how the inverse's was found
-            (``"exact"``, ``"power-inverse"`` through ``model.inverse`` or ``"cg"`` by inverse iteration).
+        method: ``"exact"``, ``"lanczos"`` or ``"power"``; ``inverse_method`` says how the inverse's was found
+            (``"exact"``; ``"lanczos-inverse"`` / ``"power-inverse"`` through ``model.inverse``; ``"lanczos"`` from
+            the forward run's ``sigma_min``; ``"cg"`` by inverse iteration).
+        forward_err, inverse_err: (B,) bounds on the relative error of each estimate against the nearest
+            singular value's (0 for exact; Lanczos' a-posteriori bound, :class:`models.jacobian.LanczosResult`,
+            which says when the nearest is not the extreme); None for power iteration, which has none (NaN in
+            :meth:`summary`).
+        iters: Lanczos steps of the forward estimate and of the inverse's (0 for exact and power iteration).
     """
 
     forward: Tensor
     inverse: Tensor
     method: str
     inverse_method: str
+    forward_err: Tensor | None = None
+    inverse_err: Tensor | None = None
+    iters: tuple[int, int] = (0, 0)
 
     @property
     def condition(self) -> Tensor:
@@ -62,11 +78,18 @@ class LipschitzEstimate:
 
     def summary(self) -> dict[str, Any]:
         """Max and median of each quantity (non-finite values count as infinite)."""
-        out: dict[str, Any] = {"method": self.method, "inverse_method": self.inverse_method}
+        out: dict[str, Any] = {"method": self.method, "inverse_method": self.inverse_method,
+                               "iters": list(self.iters)}
         for key, t in (("forward", self.forward), ("inverse", self.inverse), ("condition", self.condition)):
             t = torch.nan_to_num(t.detach().double(), nan=float("inf"))
             out[f"{key}_max"] = float(t.max())
             out[f"{key}_median"] = float(t.median())
+        for key, err in (("forward", self.forward_err), ("inverse", self.inverse_err)):
+            out[f"{key}_err_bound"] = math.nan if err is None else float(
+                torch.nan_to_num(err.double(), nan=math.inf, posinf=math.inf).max())
+        fwd, inv = out["forward_err_bound"], out["inverse_err_bound"]
+        # condition = forward * inverse: relative errors compose as (1 + a)(1 + b) - 1
+        out["condition_err_bound"] = (1 + fwd) * (1 + inv) - 1
         return out
 
 
@@ -91,22 +114,46 @@ def inverse_is_differentiable(model: InvertibleModel, z: Tensor) -> bool:
 
 
 def local_lipschitz(model: InvertibleModel, x: Tensor, method: Method = "auto", exact_max_dim: int = 64,
-                    iters: int = 100, tol: float = 1e-7, seed: int = 0) -> LipschitzEstimate:
+                    iters: int = 100, tol: float = 1e-7, seed: int = 0, rtol: float = 1e-3) -> LipschitzEstimate:
     """Local Lipschitz constants of ``model`` at ``x`` and of its inverse at ``z = model(x)[0]``.
 
-    ``x``: (B, *shape). ``method="auto"`` uses the exact Jacobian when D <= ``exact_max_dim`` and power
-    iteration otherwise. Returns per-point estimates (B,); tasks report the max (and the median).
+    ``x``: (B, *shape). ``method="auto"`` uses the exact Jacobian when D <= ``exact_max_dim`` and Lanczos otherwise.
+    ``iters``: the most Lanczos (or power) steps per estimate; ``rtol``: Lanczos stops when every point's error
+    bound is at most this, relative; ``tol``: power iteration stops when every estimate changes by less than this,
+    relative. Returns per-point estimates (B,); tasks report the max (and the median).
     """
     fwd = latent_map(model)
     d = x[0].numel()
     use_exact = method == "exact" or (method == "auto" and d <= exact_max_dim)
     if use_exact:
         s = jacobian_singular_values(fwd, x, batched=True)
-        return LipschitzEstimate(forward=s[:, 0], inverse=1.0 / s[:, -1], method="exact", inverse_method="exact")
-    lip_f = power_sigma_max(fwd, x, iters=iters, tol=tol, seed=seed)
+        zero = torch.zeros_like(s[:, 0])
+        return LipschitzEstimate(forward=s[:, 0], inverse=1.0 / s[:, -1], method="exact", inverse_method="exact",
+                                 forward_err=zero, inverse_err=zero)
     with torch.no_grad():
         z = fwd(x.detach())
-    if model.capabilities.inverse == "analytic" and inverse_is_differentiable(model, z):
+    through_inverse = model.capabilities.inverse == "analytic" and inverse_is_differentiable(model, z)
+    if method == "power":
+        return _power(model, fwd, x, z, through_inverse, iters, tol, seed)
+    run = lanczos_extremes(fwd, x, iters=iters, rtol=rtol, seed=seed, need_min=not through_inverse)
+    if through_inverse:
+        inv = lanczos_extremes(model.inverse, z, iters=iters, rtol=rtol, seed=seed + 1, need_min=False)
+        return LipschitzEstimate(forward=run.sigma_max, inverse=inv.sigma_max, method="lanczos",
+                                 inverse_method="lanczos-inverse", forward_err=run.max_err, inverse_err=inv.max_err,
+                                 iters=(run.iters, inv.iters))
+    # 1 / sigma_min against 1 / s: |1/sigma - 1/s| s = |s - sigma| / sigma <= r / theta = e / (1 + e) for
+    # Lanczos' bound e = r / (theta - r) on |sigma - s| / s
+    inv_err = run.min_err / (1 + run.min_err)
+    return LipschitzEstimate(forward=run.sigma_max, inverse=1.0 / run.sigma_min, method="lanczos",
+                             inverse_method="lanczos", forward_err=run.max_err, inverse_err=inv_err,
+                             iters=(run.iters, run.iters))
+
+
+def _power(model: InvertibleModel, fwd: Map, x: Tensor, z: Tensor, through_inverse: bool, iters: int, tol: float,
+           seed: int) -> LipschitzEstimate:
+    """The power-iteration path of :func:`local_lipschitz` (no error bounds)."""
+    lip_f = power_sigma_max(fwd, x, iters=iters, tol=tol, seed=seed)
+    if through_inverse:
         lip_inv = power_sigma_max(model.inverse, z, iters=iters, tol=tol, seed=seed + 1)
         how = "power-inverse"
     else:

@@ -131,6 +131,27 @@ def test_stability_on_a_known_spectrum(calls: TrainingCalls) -> None:
     assert calls == [{"objective": "likelihood", "regularizer": None}]
 
 
+@pytest.mark.parametrize("method", ["lanczos", "power"])
+def test_above_the_exact_dimension_the_estimates_carry_their_error_bound(calls: TrainingCalls, method: str) -> None:
+    s = [2.0, 1.5, 1.0, 0.5]
+    common = {"kinds": ["test"], "points": 8, "lip_points": 4, "exact_max_dim": 2, "lip_method": method}
+    out = by_id(StabilityTask().run(context(lambda **kw: LinearFlow((D,), singular_values=s, **kw), StabilityTask,
+                                            lip_rtol=1e-6, **common)))
+    fwd, inv = out["lip_forward", "test", ""], out["lip_inverse", "test", ""]
+    assert value(fwd) == pytest.approx(2.0, rel=1e-5) and value(inv) == pytest.approx(2.0, rel=1e-5)
+    assert fwd.extra["method"] == method and fwd.extra["inverse_method"] == f"{method}-inverse"
+    if method == "power":
+        assert math.isnan(fwd.extra["err_bound"])
+        return
+    assert fwd.extra["err_bound"] <= 1e-6 and inv.extra["err_bound"] <= 1e-6
+    assert out["condition", "test", ""].extra["err_bound"] <= 3e-6
+    # capped at one step: the reached precision is reported, above the one asked for
+    capped = by_id(StabilityTask().run(context(lambda **kw: LinearFlow((D,), singular_values=s, **kw),
+                                               StabilityTask, lip_rtol=1e-6, lip_iters=1, **common)))
+    assert capped["lip_forward", "test", ""].extra["err_bound"] > 1e-6
+    assert capped["lip_forward", "test", ""].extra["iters"] == [1, 1]
+
+
 def test_stability_flags_an_exploding_inverse_out_of_distribution(calls: TrainingCalls) -> None:
     out = by_id(StabilityTask().run(context(lambda **kw: SaturatingFlow((D,), **kw), StabilityTask, scale=6.0)))
     assert value(out["nonfinite_frac", "test", ""]) == 0.0

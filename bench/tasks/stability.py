@@ -15,7 +15,11 @@ Metrics (:data:`STABILITY_SPECS`), one row each per input kind, the kind in the 
 
 - ``lip_forward``, ``lip_inverse``: max over points of the local Lipschitz constants of ``f`` at ``x`` and of
   ``f^-1`` at ``f(x)``, ``sigma_max(J_f(x))`` and ``1 / sigma_min(J_f(x))`` (:mod:`bench.lipschitz`, on a float64
-  copy of the model; the median in ``extra``); ``condition``: max over points of their product.
+  copy of the model; the median in ``extra``); ``condition``: max over points of their product. Above
+  ``exact_max_dim`` they are Lanczos estimates (``lip_method``), every point at once, each stopped when its
+  a-posteriori relative error bound is at most ``lip_rtol`` or after ``lip_iters`` steps: ``extra.err_bound`` is
+  the largest bound over the points (0 for the exact path; NaN for power iteration, which has none),
+  ``extra.iters`` the steps of the forward and the inverse estimate.
 - ``recon_err_f32``: max over finite reconstructions of ``max |f^-1(f(x)) - x|``, the model as trained;
   ``recon_err_f64``: the same on a float64 copy of the model and inputs.
 - ``nonfinite_frac``: share of float32 reconstructions with a NaN or an Inf entry, or a finite error above
@@ -127,8 +131,16 @@ class StabilityOptions(Options):
         min_exclusive=True))
     exact_max_dim: int = field(default=64, metadata=opt(
         "largest D with the exact Jacobian's singular values; above it power iteration (JVP/VJP)", min=0))
-    power_iters: int = field(default=100, metadata=opt("power iterations per Lipschitz estimate above exact_max_dim",
-                                                       min=1))
+    power_iters: int = field(default=100, metadata=opt(
+        "power iterations per Lipschitz estimate above exact_max_dim (lip_method power)", min=1))
+    lip_method: Literal["lanczos", "power"] = field(default="lanczos", metadata=opt(
+        "Lipschitz estimates above exact_max_dim: Lanczos on J^T J with error bounds, or power iteration (inverse "
+        "iteration with CG solves for iterative inverses)"))
+    lip_iters: int = field(default=300, metadata=opt(
+        "most Lanczos steps per Lipschitz estimate above exact_max_dim (one JVP and one VJP each)", min=1))
+    lip_rtol: float = field(default=1e-3, metadata=opt(
+        "Lanczos stops when every point's bound on its relative error is at most this; the bound reached is in "
+        "extra.err_bound", min=0.0, min_exclusive=True))
     kinds: tuple[InputKind, ...] = field(default=KINDS, metadata=opt("generated input kinds to measure on"))
     grad: GradOption = field(default="auto", metadata=opt(
         "autograd mode of the reconstructions (auto: grad only where the latent map needs it)"))
@@ -270,12 +282,16 @@ class StabilityTask(Task):
 
             _, err32, info32 = reconstruction(model, x, mode)
             _, err64, info64 = reconstruction(model64, x.double(), mode)
-            lip = local_lipschitz(model64, x[:opts.lip_points].double(), exact_max_dim=opts.exact_max_dim,
-                                  iters=opts.power_iters, seed=seed).summary()
+            lanczos = opts.lip_method == "lanczos"
+            lip = local_lipschitz(model64, x[:opts.lip_points].double(), method="auto" if lanczos else "power",
+                                  exact_max_dim=opts.exact_max_dim,
+                                  iters=opts.lip_iters if lanczos else opts.power_iters, seed=seed,
+                                  rtol=opts.lip_rtol).summary()
             lip_extra = {"points": min(opts.lip_points, x.shape[0]), "method": lip["method"],
-                         "inverse_method": lip["inverse_method"]}
+                         "inverse_method": lip["inverse_method"], "iters": lip["iters"]}
             for spec, key in ((LIP_FORWARD, "forward"), (LIP_INVERSE, "inverse"), (CONDITION, "condition")):
-                metrics.append(metric(spec, lip[f"{key}_max"], median=lip[f"{key}_median"], **lip_extra))
+                metrics.append(metric(spec, lip[f"{key}_max"], median=lip[f"{key}_median"],
+                                      err_bound=lip[f"{key}_err_bound"], **lip_extra))
             for spec, err, conv in ((RECON_ERR_F32, err32, info32.converged), (RECON_ERR_F64, err64, info64.converged)):
                 value = _finite_max(err)
                 finite = err[torch.isfinite(err)]
