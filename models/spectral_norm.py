@@ -51,6 +51,7 @@ class SpectralNormLayer(nn.Module):
         self.coeff = float(coeff)
         #: ``(key, value)`` of the last :meth:`operator_norm`
         self._norm_cache: tuple[tuple[tuple[int, torch.dtype, int], ...], float] | None = None
+        self._weight_cache: tuple[tuple[tuple[int, torch.dtype, int], ...], Tensor] | None = None
         #: the weight used is ``gain * weight`` before normalisation (``sigma`` is that product's norm)
         self.gain = float(gain)
         self.n_power_iterations = int(n_power_iterations)
@@ -93,9 +94,24 @@ class SpectralNormLayer(nn.Module):
 
     def normalized_weight(self, update: bool = False) -> Tensor:
         """``W / max(1, sigma / c)`` with ``W = gain * weight``; ``update`` runs power iteration first (training
-        mode only). Same shape as ``weight``."""
-        factor = torch.clamp(self.sigma(update) / self.coeff, min=1.0)
-        return self.gain * self.weight / factor
+        mode only). Same shape as ``weight``. Outside grad mode the result is kept until ``weight``, ``u`` or ``v``
+        change (:meth:`_key`), so evaluations, inverses and scoring do not recompute it on every call."""
+        if update and self.training:
+            self.power_iterate(self.n_power_iterations)
+        if torch.is_grad_enabled():  # a fresh graph to the weight
+            return self._normalized()
+        key = self._key()
+        cached = self._weight_cache
+        if cached is None or cached[0] != key:
+            cached = self._weight_cache = (key, self._normalized())
+        return cached[1]
+
+    def _normalized(self) -> Tensor:
+        return self.gain * self.weight / torch.clamp(self.sigma() / self.coeff, min=1.0)
+
+    def _key(self) -> tuple[tuple[int, torch.dtype, int], ...]:
+        """Storage, dtype and version counter of ``weight``, ``u`` and ``v``: a new key whenever one changes."""
+        return tuple((t.data_ptr(), t.dtype, t._version) for t in (self.weight, self.u, self.v))
 
     @torch.no_grad()
     def rescale_to_bound(self) -> None:
@@ -118,7 +134,7 @@ class SpectralNormLayer(nn.Module):
 
         Kept until ``weight``, ``u`` or ``v`` change (their version counters and storage), so the inverse, which asks
         for it on every call, pays for it once per set of weights."""
-        key = tuple((t.data_ptr(), t.dtype, t._version) for t in (self.weight, self.u, self.v))
+        key = self._key()
         cached = self._norm_cache
         if cached is None or cached[0] != key:
             cached = self._norm_cache = (key, self._operator_norm())

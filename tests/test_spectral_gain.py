@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models.iresnet import IResNetNative, ResFlowNative, ResidualFlow, ResidualNet
-from models.spectral_norm import SpectralNormLayer, SpectralNormLinear
+from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.testing import validate
 
 QUICK = Path(__file__).resolve().parents[1] / "bench" / "suites" / "quick.toml"
@@ -175,3 +175,24 @@ def test_operator_norm_is_kept_until_the_weights_change() -> None:
     assert halved != first
     layer.double()
     assert layer.operator_norm() == pytest.approx(halved)
+
+
+def test_normalized_weight_is_kept_outside_grad_mode_until_weight_or_vectors_change() -> None:
+    for layer in (SpectralNormLinear(5, 7, 0.9, 1, gain=3.0), SpectralNormConv2d(2, 3, 3, (4, 4), 0.9, 1)):
+        with torch.no_grad():
+            first = layer.normalized_weight()
+            assert layer.normalized_weight() is first  # kept
+        fresh = layer.normalized_weight()  # grad mode: a new tensor with a graph to the weight
+        assert fresh.grad_fn is not None and torch.equal(fresh.detach(), first)
+        opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+        fresh.sum().backward()
+        opt.step()  # changes weight in place (its version counter)
+        with torch.no_grad():
+            after_step = layer.normalized_weight()
+            assert after_step is not first and torch.equal(after_step, layer._normalized())
+            layer.power_iterate(3)  # changes u and v in place
+            after_power = layer.normalized_weight()
+            assert after_power is not after_step and torch.equal(after_power, layer._normalized())
+        layer.double()  # new storage and dtype
+        with torch.no_grad():
+            assert layer.normalized_weight().dtype == torch.float64

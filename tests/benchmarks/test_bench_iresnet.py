@@ -240,3 +240,42 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
         print(f"  FrEIA inverse time / native auto inverse time: {head_to_head.median:.2f}x")
     for solver in SOLVERS[case]:
         assert results[solver]["converged"] and results[solver]["reconstruction_error"] <= 1e-5, solver
+
+
+# ------------------------------------------------------------------------------------------ (c) training step
+@pytest.mark.parametrize("method", ["series", "exact"])
+def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, method: str) -> None:
+    """One maximum-likelihood step (forward, log-det, backward, Adam) of ``iresnet-native`` at its defaults (4 blocks
+    of width 64, c = 0.9; ``series``: 5 terms, 1 probe; ``exact``: the 2x2 Jacobian's log-det) against
+    ``realnvp-nflows`` with its width scaled to the same trainable parameter count, batch 256 on the 2-D ring."""
+    from bench.flops import trainable_parameters
+    from bench.run.match_params import match_width
+    from models.loss import training_loss
+    from models.registry import create
+
+    torch.manual_seed(0)
+    ours = create("iresnet-native", (2,), method=method)
+    target = trainable_parameters(ours)
+    matched = match_width("realnvp-nflows", (2,), None, {}, target)
+    assert matched.hparam is not None and matched.value is not None
+    theirs = create("realnvp-nflows", (2,), **{matched.hparam: matched.value})
+    x = _ring(256, torch.Generator().manual_seed(0))
+    steps = {}
+    for name, model in (("ours", ours), ("theirs", theirs)):
+        model.data_init(x)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def step(model: Any = model, opt: torch.optim.Optimizer = opt) -> None:
+            loss = training_loss(model, x, objective="likelihood")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        steps[name] = step
+    stats = time_ratio(steps["ours"], steps["theirs"], rounds=21, max_seconds=30)
+    benchmark.pedantic(steps["ours"], rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"method": method, "params_ours": target, "params_theirs": matched.params,
+                                 "ratio": stats.median, "iqr": [stats.q25, stats.q75]})
+    print(f"\n[training step, 2-D ring, batch 256] iresnet-native ({method}, {target} params) / realnvp-nflows "
+          f"({matched.hparam} = {matched.value}, {matched.params} params): {stats.median:.2f}x "
+          f"(IQR {stats.q25:.2f}-{stats.q75:.2f})")
