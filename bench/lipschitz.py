@@ -60,7 +60,8 @@ class LipschitzEstimate:
             singular value's (0 for exact; Lanczos' a-posteriori bound, :class:`models.jacobian.LanczosResult`,
             which says when the nearest is not the extreme); None for power iteration, which has none (NaN in
             :meth:`summary`).
-        iters: Lanczos steps of the forward estimate and of the inverse's (0 for exact and power iteration).
+        forward_steps, inverse_steps: (B,) Lanczos steps of each point's estimates (None for exact and power
+            iteration).
     """
 
     forward: Tensor
@@ -69,7 +70,25 @@ class LipschitzEstimate:
     inverse_method: str
     forward_err: Tensor | None = None
     inverse_err: Tensor | None = None
-    iters: tuple[int, int] = (0, 0)
+    forward_steps: Tensor | None = None
+    inverse_steps: Tensor | None = None
+
+    @property
+    def iters(self) -> tuple[int, int]:
+        """The most Lanczos steps any point took, for the forward and for the inverse estimate (0 without)."""
+        def most(t: Tensor | None) -> int:
+            return 0 if t is None or not t.numel() else int(t.max())
+
+        return most(self.forward_steps), most(self.inverse_steps)
+
+    def select(self, index: slice) -> LipschitzEstimate:
+        """The estimates of the points ``index`` (a slice of the batch)."""
+        def part(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index]
+
+        return LipschitzEstimate(self.forward[index], self.inverse[index], self.method, self.inverse_method,
+                                 part(self.forward_err), part(self.inverse_err), part(self.forward_steps),
+                                 part(self.inverse_steps))
 
     @property
     def condition(self) -> Tensor:
@@ -140,13 +159,13 @@ def local_lipschitz(model: InvertibleModel, x: Tensor, method: Method = "auto", 
         inv = lanczos_extremes(model.inverse, z, iters=iters, rtol=rtol, seed=seed + 1, need_min=False)
         return LipschitzEstimate(forward=run.sigma_max, inverse=inv.sigma_max, method="lanczos",
                                  inverse_method="lanczos-inverse", forward_err=run.max_err, inverse_err=inv.max_err,
-                                 iters=(run.iters, inv.iters))
+                                 forward_steps=run.steps, inverse_steps=inv.steps)
     # 1 / sigma_min against 1 / s: |1/sigma - 1/s| s = |s - sigma| / sigma <= r / theta = e / (1 + e) for
     # Lanczos' bound e = r / (theta - r) on |sigma - s| / s
     inv_err = run.min_err / (1 + run.min_err)
     return LipschitzEstimate(forward=run.sigma_max, inverse=1.0 / run.sigma_min, method="lanczos",
                              inverse_method="lanczos", forward_err=run.max_err, inverse_err=inv_err,
-                             iters=(run.iters, run.iters))
+                             forward_steps=run.steps, inverse_steps=run.steps)
 
 
 def _power(model: InvertibleModel, fwd: Map, x: Tensor, z: Tensor, through_inverse: bool, iters: int, tol: float,

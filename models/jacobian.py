@@ -244,7 +244,8 @@ class LanczosResult:
             has not yet told apart the top (bottom) of the spectrum: a cluster of extreme singular values closer
             than the bound can leave ``sigma_max`` at the cluster's second value, an error the bound does not
             cover (at most the cluster's width).
-        iters: Lanczos steps taken by the last point to stop (each step one JVP and one VJP for the whole batch).
+        iters: Lanczos steps taken by the last point to stop (each step one JVP and one VJP for the points still
+            running).
         steps: (B,) steps after which each point stopped (reached ``rtol``, or the cap).
         converged: (B,) bool: the point's requested bounds are at most ``rtol``.
     """
@@ -282,7 +283,9 @@ def lanczos_extremes(fn: Map, x: Tensor, iters: int = 100, rtol: float = 1e-3, s
     orthonormal in floating point, so no spurious copies of converged Ritz values appear), and extends the
     tridiagonal ``T_k``. A point stops once the bounds of :class:`LanczosResult` on its ``sigma_max`` (and with
     ``need_min`` its ``sigma_min``) are at most ``rtol`` (checked every step up to 16 steps, then every ``k // 8``
-steps), or after ``min(iters, D)`` steps. The extreme Ritz values
+steps), or after ``min(iters, D)`` steps; stopped points leave the batch (the graph is rebuilt for the points still
+running, one forward), so a batch of many points costs the sum of their steps, not its slowest point's times their
+number. The extreme Ritz values
     converge at the rate of the Chebyshev polynomials on the spectrum (Kaniel-Paige), much faster than power
     iteration, and ``sigma_min`` needs no inner solves; it is as accurate as ``J^T J`` is resolved in the dtype
     (about ``eps * cond(J)^2`` relatively), so use float64 for ill-conditioned maps. The start vector is drawn from
@@ -300,17 +303,18 @@ steps), or after ``min(iters, D)`` steps. The extreme Ritz values
     basis = torch.zeros(b, k_max, q.shape[1], dtype=dtype, device=device)
     nan = torch.full((b,), math.nan, dtype=dtype, device=device)
     out = {key: nan.clone() for key in ("max", "min", "max_err", "min_err")}
-    steps = torch.zeros(b, dtype=torch.long)
-    stopped = torch.zeros(b, dtype=torch.bool, device=device)
-    finite = torch.ones(b, dtype=torch.bool, device=device)
+    steps = torch.zeros(b, dtype=torch.long, device=device)
+    finite_all = torch.ones(b, dtype=torch.bool, device=device)
+    rows = torch.arange(b, device=device)  # the points still running, as indices into x
     alphas: list[Tensor] = []
     betas: list[Tensor] = []
     tiny = torch.finfo(dtype).tiny
     taken = 0
     for k in range(k_max):
         basis[:, k] = q
-        w = ops.vjp(ops.jvp(q.reshape(shape))).reshape(b, -1)
-        finite &= torch.isfinite(w).all(dim=1)
+        w = ops.vjp(ops.jvp(q.reshape(len(rows), *shape[1:]))).reshape(len(rows), -1)
+        finite = torch.isfinite(w).all(dim=1)
+        finite_all[rows] &= finite
         w = torch.where(finite.unsqueeze(1), w, torch.zeros_like(w))
         alphas.append((q * w).sum(dim=1))
         span = basis[:, :k + 1]
@@ -320,36 +324,41 @@ steps), or after ``min(iters, D)`` steps. The extreme Ritz values
         betas.append(beta)
         last = k + 1 == k_max
         taken = k + 1
+        q = w / beta.clamp_min(tiny).unsqueeze(1)
         if not (last or _check_due(k + 1)):
-            q = w / beta.clamp_min(tiny).unsqueeze(1)
             continue
         tri = torch.diag_embed(torch.stack(alphas, dim=1))
         if k:
             off = torch.diag_embed(torch.stack(betas[:-1], dim=1), offset=1)
             tri = tri + off + off.transpose(1, 2)
         theta, vecs = torch.linalg.eigh(tri)
-        resid = beta.unsqueeze(1) * vecs[:, -1, :].abs()  # (B, k + 1): the residual of each Ritz pair
+        resid = beta.unsqueeze(1) * vecs[:, -1, :].abs()  # (rows, k + 1): the residual of each Ritz pair
         top, low = theta[:, -1], theta[:, 0]
         err_top = _relative_bound(top, resid[:, -1])
-        err_low = _relative_bound(low, resid[:, 0])
+        err_low = _relative_bound(low, resid[:, 0]) if need_min else torch.full_like(low, math.inf)
         ok = err_top <= rtol
         if need_min:
             ok &= err_low <= rtol
-        now = ~stopped & (ok | ~finite | last)
+        now = ok | ~finite | last
         if bool(now.any()):
-            out["max"] = torch.where(now, top.clamp_min(0).sqrt(), out["max"])
-            out["min"] = torch.where(now, low.clamp_min(0).sqrt(), out["min"])
-            out["max_err"] = torch.where(now, err_top, out["max_err"])
-            out["min_err"] = torch.where(now, err_low if need_min else torch.full_like(low, math.inf),
-                                         out["min_err"])
-            steps[now.cpu()] = k + 1
-            stopped |= now
-        if bool(stopped.all()):
+            done = rows[now]
+            out["max"][done] = top[now].clamp_min(0).sqrt()
+            out["min"][done] = low[now].clamp_min(0).sqrt()
+            out["max_err"][done] = err_top[now]
+            out["min_err"][done] = err_low[now]
+            steps[done] = k + 1
+        if bool(now.all()):
             break
-        q = w / beta.clamp_min(tiny).unsqueeze(1)
+        if bool(now.any()):
+            # drop the stopped points: a graph of the running ones only, so the products cost what they need
+            keep = ~now
+            rows, q, basis, finite = rows[keep], q[keep], basis[keep], finite[keep]
+            alphas = [a[keep] for a in alphas]
+            betas = [c[keep] for c in betas]
+            ops = JacobianProducts(fn, x[rows])
     for key in out:
-        out[key] = torch.where(finite, out[key], nan)
-    converged = finite & (out["max_err"] <= rtol)
+        out[key] = torch.where(finite_all, out[key], nan)
+    converged = finite_all & (out["max_err"] <= rtol)
     if need_min:
         converged &= out["min_err"] <= rtol
     return LanczosResult(out["max"], out["min"], out["max_err"], out["min_err"], taken, steps, converged)

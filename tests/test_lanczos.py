@@ -82,6 +82,7 @@ def test_errors_lie_within_the_bounds_with_their_bias_and_spread(rtol: float) ->
     for err in (err_max, err_min):
         assert abs(float(err.mean())) <= rtol and float(err.std()) <= rtol
     assert est.iters <= d and int(est.steps.max()) == est.iters
+    assert int(est.steps.min()) < est.iters  # points stopped at different steps and left the batch
 
 
 def test_a_step_cap_reports_an_unconverged_bound_that_still_holds() -> None:

@@ -16,7 +16,8 @@ Metrics (:data:`STABILITY_SPECS`), one row each per input kind, the kind in the 
 - ``lip_forward``, ``lip_inverse``: max over points of the local Lipschitz constants of ``f`` at ``x`` and of
   ``f^-1`` at ``f(x)``, ``sigma_max(J_f(x))`` and ``1 / sigma_min(J_f(x))`` (:mod:`bench.lipschitz`, on a float64
   copy of the model; the median in ``extra``); ``condition``: max over points of their product. Above
-  ``exact_max_dim`` they are Lanczos estimates (``lip_method``), every point at once, each stopped when its
+  ``exact_max_dim`` they are Lanczos estimates (``lip_method``), the points of every input kind in one batch, each
+  stopped when its
   a-posteriori relative error bound is at most ``lip_rtol`` or after ``lip_iters`` steps: ``extra.err_bound`` is
   the largest bound over the points (0 for the exact path; NaN for power iteration, which has none),
   ``extra.iters`` the steps of the forward and the inverse estimate.
@@ -262,6 +263,22 @@ class StabilityTask(Task):
         return [spec(None, status=status, input=kind, variant=variant, extra={"reason": why, **(note or {})})
                 for kind in inputs for spec in self._specs(model)]
 
+    @staticmethod
+    def _lipschitz(opts: StabilityOptions, seed: int, inputs: dict[str, Tensor], model64: InvertibleModel
+                   ) -> dict[str, dict[str, Any]]:
+        """:meth:`bench.lipschitz.LipschitzEstimate.summary` per input kind, from one batched estimate over the
+        first ``lip_points`` points of every kind together (one graph, one JVP and one VJP per step for all)."""
+        parts = {kind: x[:opts.lip_points].double() for kind, x in inputs.items()}
+        lanczos = opts.lip_method == "lanczos"
+        est = local_lipschitz(model64, torch.cat(list(parts.values())), method="auto" if lanczos else "power",
+                              exact_max_dim=opts.exact_max_dim, iters=opts.lip_iters if lanczos else opts.power_iters,
+                              seed=seed, rtol=opts.lip_rtol)
+        out, start = {}, 0
+        for kind, x in parts.items():
+            out[kind] = est.select(slice(start, start + x.shape[0])).summary()
+            start += x.shape[0]
+        return out
+
     def _measure(self, opts: StabilityOptions, seed: int, inputs: dict[str, Tensor], model: InvertibleModel,
                  result: Any, objective: Objective, variant: str, note: dict[str, Any] | None = None
                  ) -> list[Metric]:
@@ -274,6 +291,7 @@ class StabilityTask(Task):
         model64 = copy.deepcopy(model).to(torch.float64).eval()
         if caps.memory_saving:
             model64.set_memory_saving(False)  # same function; ordinary autograd allows double backward
+        lips = self._lipschitz(opts, seed, inputs, model64)
         metrics: list[Metric] = []
         for kind, x in inputs.items():
             def metric(spec: MetricSpec, value: float | None, status: str = "ok", _kind: str = kind,
@@ -282,11 +300,7 @@ class StabilityTask(Task):
 
             _, err32, info32 = reconstruction(model, x, mode)
             _, err64, info64 = reconstruction(model64, x.double(), mode)
-            lanczos = opts.lip_method == "lanczos"
-            lip = local_lipschitz(model64, x[:opts.lip_points].double(), method="auto" if lanczos else "power",
-                                  exact_max_dim=opts.exact_max_dim,
-                                  iters=opts.lip_iters if lanczos else opts.power_iters, seed=seed,
-                                  rtol=opts.lip_rtol).summary()
+            lip = lips[kind]
             lip_extra = {"points": min(opts.lip_points, x.shape[0]), "method": lip["method"],
                          "inverse_method": lip["inverse_method"], "iters": lip["iters"]}
             for spec, key in ((LIP_FORWARD, "forward"), (LIP_INVERSE, "inverse"), (CONDITION, "condition")):
