@@ -261,6 +261,7 @@ def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> N
     with torch.no_grad():
         expected = -model.log_prob(dataset.test_x).mean() + 0.5 - 1.0 / used["terms"]
     assert nll.value == pytest.approx(float(expected), abs=1e-4)
+    assert nll.extra["probe_sd"] == 0.0 and nll.extra["probe_stderr"] == 0.0  # this toy estimator draws no probes
     # option eval_estimator: these settings instead
     ctx = make_ctx(make, dataset, Budget(steps=5, batch_size=64), exact_max_dim=0, eval_estimator={"terms": 7},
                    curve_evals=0)
@@ -274,10 +275,10 @@ def test_estimator_model_above_exact_dim_uses_high_precision_and_restores() -> N
 
 def test_estimator_setting_changes_touch_only_cost_knobs() -> None:
     series = EstimatorSettings(method="series", terms=5, probes=1, max_terms=400, probe="rademacher")
-    assert high_precision_settings(series).changes_from(series) == {"terms": 20, "probes": 8}
+    assert high_precision_settings(series).changes_from(series) == {"terms": 20, "probes": 2}
     assert cheapest_settings(series).changes_from(series) == {"terms": 1}
     roulette = EstimatorSettings(method="roulette", exact_terms=2, probes=3, tail="poisson", tail_param=2.0)
-    assert high_precision_settings(roulette).changes_from(roulette) == {"exact_terms": 20, "probes": 8}
+    assert high_precision_settings(roulette).changes_from(roulette) == {"exact_terms": 20}
     assert cheapest_settings(roulette).changes_from(roulette) == {"exact_terms": 1, "probes": 1}
     # settings already above the floors stay
     strong = EstimatorSettings(terms=50, probes=10)
@@ -494,3 +495,32 @@ def test_native_iresnet_is_scored_by_its_own_exact_method_equal_to_the_autograd_
         z = model.encode(y)
     reference = standard_normal_log_prob(z) + jacobian_slogdet(model.encode, y)
     torch.testing.assert_close(logp, reference, atol=1e-9, rtol=0)
+
+
+def test_probe_noise_matches_the_hutchinson_variance_of_a_known_jacobian() -> None:
+    from task_helpers import SeriesResidual, gaussian_data
+
+    from bench.tasks.likelihood import PROBE_CHECK_POINTS, ScoringPlan, fixed_test_x, probe_noise
+
+    torch.manual_seed(0)
+    dataset = gaussian_data(n_test=4 * PROBE_CHECK_POINTS)
+    terms, probes = 3, 2
+    model = SeriesResidual((dataset.dim,), terms=terms, probes=probes).eval()
+    plan = ScoringPlan("estimator", "model", None, None)
+    runs = [probe_noise(model, dataset, torch.device("cpu"), 0, plan, n_test=4 * PROBE_CHECK_POINTS, draws=1)
+            for _ in range(20)]
+    out = runs[0]
+    # one pass's per-example variance for Gaussian probes: 2 ||sym(M)||_F^2 / P, M = sum_k (-1)^(k+1) J^k / k
+    x = fixed_test_x(dataset, 0)[:PROBE_CHECK_POINTS]
+    jac = model.jacobian_g(x).detach()
+    power, m = torch.eye(dataset.dim).expand_as(jac), torch.zeros_like(jac)
+    for k in range(1, terms + 1):
+        power = power @ jac
+        m = m + (-1) ** (k + 1) / k * power
+    sym = (m + m.transpose(1, 2)) / 2
+    expected = float((2 * sym.pow(2).sum(dim=(1, 2)) / probes).mean())
+    # 20 independent measurements: their mean is within 3 standard errors (from their own spread) of the variance
+    variances = torch.tensor([r["probe_sd"] ** 2 for r in runs], dtype=torch.float64)
+    assert abs(float(variances.mean()) - expected) <= 3 * float(variances.std()) / math.sqrt(len(runs))
+    assert out["probe_stderr"] == pytest.approx(out["probe_sd"] / math.sqrt(4 * PROBE_CHECK_POINTS))
+    assert out["probe_points"] == PROBE_CHECK_POINTS

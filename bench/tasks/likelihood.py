@@ -9,8 +9,11 @@ is 0.
 Log-det estimator models (i-ResNet, Residual Flow) are scored with the exact log-det when ``D`` is small
 (option ``exact_max_dim``, default 64), from the autograd Jacobian (:func:`models.jacobian.jacobian_by_replicas`,
 in chunks of :data:`JACOBIAN_ROWS` rows); above it, with their estimator at high precision (option
-``eval_estimator``, or more terms and probes than trained with), restored afterwards.
-``Metric.extra["logdet_eval"]`` says which. The options are :class:`LikelihoodOptions`.
+``eval_estimator``, or at least the terms and probes of :data:`HIGH_PRECISION`), restored afterwards.
+``Metric.extra["logdet_eval"]`` says which. The estimator's spread: ``stderr`` (the NLL's standard error over test
+examples) includes the Hutchinson noise, and ``probe_stderr`` is that noise's own share of the mean, measured by
+scoring :data:`PROBE_CHECK_POINTS` test points twice more with fresh probes (:func:`probe_noise`); its bias against
+the training-time estimator is ``estimator_gap``. The options are :class:`LikelihoodOptions`.
 
 Learning curve (:mod:`bench.tasks.curves`): during training the model is scored on the first
 ``min(curve_points, max(CURVE_MIN_POINTS, curve_rows // D))`` test points (the fixed dequantisation of draw 0;
@@ -70,7 +73,12 @@ JACOBIAN_ROWS = 4096
 #: examples x dimensions per chunk when scoring with an estimator (its probes and terms multiply the memory)
 ESTIMATOR_ROWS = 65536
 #: Floors of the estimator's cost knobs (``EstimatorSettings.cost_knobs``) while scoring above ``exact_max_dim``.
-HIGH_PRECISION = {"terms": 20, "exact_terms": 20, "probes": 8}
+#: The terms set the truncation bias; the probes only the Hutchinson noise, which averages out over the test set
+#: (measured on Fashion-MNIST, iresnet-native: about 7 nats per example and probe against a spread of 55 nats
+#: between examples) and is reported as ``probe_stderr`` beside the NLL's ``stderr``.
+HIGH_PRECISION = {"terms": 20, "exact_terms": 20, "probes": 2}
+#: Test points scored twice more with fresh probes to measure the estimator's probe noise (``probe_stderr``).
+PROBE_CHECK_POINTS = 128
 GRID_SIZE = 128
 #: The fewest learning-curve points ``curve_rows`` leaves at high D.
 CURVE_MIN_POINTS = 64
@@ -84,7 +92,7 @@ class LikelihoodOptions(Options):
     exact_max_dim: int = field(default=EXACT_MAX_DIM, metadata=opt(
         "largest D at which log-det estimator models are scored with the exact autograd log-det", min=0))
     eval_estimator: dict[str, int | float | bool | str] | None = field(default=None, metadata=opt(
-        "EstimatorSettings fields changed while scoring above exact_max_dim (default: at least 20 terms, 8 probes)"))
+        "EstimatorSettings fields changed while scoring above exact_max_dim (default: at least 20 terms, 2 probes)"))
     eval_draws: int = field(default=1, metadata=opt(
         "fixed dequantisation draws the test NLL of discrete data is averaged over", min=1))
     eval_batch_size: int = field(default=512, metadata=opt("test examples per evaluation batch", min=1))
@@ -243,6 +251,27 @@ def frozen_parameters(model: InvertibleModel) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
+
+
+def probe_noise(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int, plan: ScoringPlan,
+                n_test: int, draws: int, batch_size: int = 512) -> dict[str, Any]:
+    """The Hutchinson probes' share of the spread of an estimator's test NLL, measured inside
+    :func:`plan_applied`: the first :data:`PROBE_CHECK_POINTS` test points (draw 0) are scored twice with fresh
+    probes; half the variance of the per-example differences is one pass's probe variance ``s^2``, so the mean over
+    ``n_test`` examples and ``draws`` passes carries probe noise ``sqrt(s^2 / (n_test draws))`` (``probe_stderr``,
+    nats; ``probe_sd``: ``s``, per example). Empty for exact scoring; fixed probes (``eval_seed``) are reported as
+    such (their error is a fixed offset, not noise)."""
+    if plan.logdet_eval != "estimator":
+        return {}
+    if plan.settings is not None and plan.settings.eval_seed is not None:
+        return {"probe_noise": "fixed probes (eval_seed): no noise between evaluations"}
+    x = fixed_test_x(dataset, seed)[:PROBE_CHECK_POINTS]
+    diff = (log_likelihood(model, dataset, x, device, plan, batch_size).double()
+            - log_likelihood(model, dataset, x, device, plan, batch_size).double())
+    if diff.numel() < 2 or not bool(torch.isfinite(diff).all()):
+        return {}
+    sd = float(diff.var() / 2) ** 0.5
+    return {"probe_sd": sd, "probe_stderr": sd / math.sqrt(n_test * max(1, draws)), "probe_points": diff.numel()}
 
 
 def test_nll_per_example(model: InvertibleModel, dataset: Dataset, device: torch.device, seed: int,
@@ -455,8 +484,10 @@ class LikelihoodTask(Task):
                 return model, [*(spec(None, status="diverged", extra=why) for spec in specs), *tail]
             mean = float(nll.mean())
             stderr = float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else math.nan
-            extra: dict[str, Any] = {**plan.record(), "stderr": stderr, "n_test": nll.numel(),
-                                     "dequant_draws": options.eval_draws if dataset.levels is not None else 0}
+            draws = options.eval_draws if dataset.levels is not None else 0
+            extra: dict[str, Any] = {**plan.record(), "stderr": stderr, "n_test": nll.numel(), "dequant_draws": draws,
+                                     **probe_noise(model, dataset, ctx.device, ctx.seed, plan, nll.numel(), draws,
+                                                   options.eval_batch_size)}
             if options.artifacts:
                 extra.update(_artifact(ctx, model, plan))
         if dataset.entropy is not None:
