@@ -186,3 +186,20 @@ def test_a_training_task_reuses_a_checkpoint_only_for_the_same_compile_request(t
     _, reused = trained_model(ctx, "likelihood")  # a measurement task reuses whatever was trained
     assert reused.compile.requested == "default"
     assert calls == ["off", "default"]
+
+
+def test_a_compile_that_builds_no_graph_counts_as_a_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)  # "compiled" without dynamo: no graph
+    result = train_likelihood(LinearFlow((3,)), vectors(), Budget(steps=2, batch_size=32), CPU, seed=0,
+                              compile="default")
+    assert (result.compile.used, result.compile.fallback_error) == ("off", "NoGraph")
+
+
+def test_many_compiled_trainings_in_one_process_stay_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch._dynamo.config
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # each model recompiles the same loss code
+    for seed in range(3):
+        result = train_likelihood(LinearFlow((3,), seed=seed), vectors(), Budget(steps=2, batch_size=32), CPU,
+                                  seed=0, compile="default")
+        assert (result.compile.used, result.compile.fallback_error) == ("default", ""), seed

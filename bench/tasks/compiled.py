@@ -4,6 +4,11 @@ A training task's ``compile`` option (:data:`CompileMode`) asks :func:`bench.tas
 model's loss, :func:`models.loss.training_loss` (forward, log-det and loss; its backward compiled with it by
 AOTAutograd), through ``torch.compile``:
 
+Each compiled training starts from ``torch._dynamo.reset()``: a worker that trains many models in one process
+would otherwise reach dynamo's recompile limit (each model is a new closure of the same code) and run the rest
+eagerly without saying so. A first step in which dynamo produced no graph at all counts as a fallback
+(``fallback_error = "NoGraph"``).
+
 - ``"off"``: eager, as without the option;
 - ``"default"``: ``torch.compile(mode="default")`` (TorchInductor kernels);
 - ``"reduce-overhead"``: ``torch.compile(mode="reduce-overhead")``, which on CUDA also captures the step's
@@ -49,11 +54,14 @@ class CompileRecord:
         requested: the ``compile`` option (``"off"``, ``"default"`` or ``"reduce-overhead"``).
         used: the mode the steps ran with: ``requested``, or ``"off"`` after a fallback.
         fullgraph: whether a graph break was an error (``compile_fullgraph``).
-        cuda_graphs: whether the compiled step could use CUDA graphs (``reduce-overhead`` on a CUDA device).
+        cuda_graphs: ``reduce-overhead`` on a CUDA device, where TorchInductor captures CUDA graphs; it skips
+            them (with a warning, not recorded here) for graphs that mutate their inputs, e.g. buffers a forward
+            updates in training mode.
         fallback_error: the exception type of a fallback (``"declared"`` when the model declares it), else ``""``.
         fallback_reason: the first line of the exception's message (or the model's declaration), else ``""``.
         compile_seconds: wall time of the first compiled step (tracing, compiling and the step itself; a failed
-            attempt included), kept off the training clock; 0 when nothing was compiled.
+            attempt included), kept off the training clock; 0 when nothing was compiled. Later steps that recompile
+            or, under ``reduce-overhead``, record their CUDA graphs (the second and third calls) stay on the clock.
     """
 
     requested: CompileMode = "off"
@@ -98,6 +106,13 @@ def compiled(fn: LossFn, mode: CompileMode, fullgraph: bool = False) -> LossFn:
     return out
 
 
+def _graphs_compiled() -> int:
+    """The number of graphs dynamo has compiled in this process (its ``unique_graphs`` counter)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _rng_state(device: torch.device) -> tuple[Tensor, Tensor | None]:
     cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
     return torch.random.get_rng_state(), cuda
@@ -131,6 +146,7 @@ class CompiledStep:
             if why:
                 self._fall_back("declared", why)
             else:
+                torch._dynamo.reset()
                 self.fn = compiled(self.eager, mode, fullgraph)
 
     def _fall_back(self, error: str, reason: str) -> None:
@@ -157,6 +173,7 @@ class CompiledStep:
         state = _rng_state(self.device)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        graphs = _graphs_compiled()
         t0 = time.perf_counter()
         try:
             loss = self._run(self.fn, y, ldj, labels, extra)
@@ -170,6 +187,8 @@ class CompiledStep:
             _set_rng_state(self.device, state)
             return self._run(self.eager, y, ldj, labels, extra)
         self.record.compile_seconds = time.perf_counter() - t0
+        if _graphs_compiled() == graphs:  # every frame fell back to eager inside dynamo: say so, run eagerly on
+            self._fall_back("NoGraph", "dynamo compiled no graph of the loss (every frame ran eagerly)")
         return loss
 
     @property
