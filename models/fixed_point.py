@@ -94,19 +94,20 @@ class SolveResult:
 
 
 def _check(gx: Tensor, x: Tensor, atol: float, rtol: float, bound: ErrorBound | None, result: SolveResult
-           ) -> tuple[float, bool]:
-    """Record the residual (and bound) of ``G(x) = gx`` in ``result``; returns ``(residual, criterion met)``."""
+           ) -> tuple[float, bool, Tensor]:
+    """Record the residual (and bound) of ``G(x) = gx`` in ``result``; returns ``(residual, criterion met,
+    G(x) - x)``, the last for the solvers that step with it."""
     diff = gx - x
     norm2 = diff.reshape(diff.shape[0], -1).norm(dim=1).max() if bound is not None else diff.new_zeros(())
     residual, scale, l2 = torch.stack([diff.abs().max(), gx.abs().max(), norm2]).tolist()  # one device sync
     result.residual = residual
     result.history.append(residual)
     if bound is None:
-        return residual, math.isfinite(residual) and residual <= atol + rtol * scale
+        return residual, math.isfinite(residual) and residual <= atol + rtol * scale, diff
     error_bound = result.error_bound = bound.factor * l2
     if bound.target is None:
-        return residual, math.isfinite(residual) and residual <= atol + rtol * scale
-    return residual, math.isfinite(residual) and error_bound <= bound.target
+        return residual, math.isfinite(residual) and residual <= atol + rtol * scale, diff
+    return residual, math.isfinite(residual) and error_bound <= bound.target, diff
 
 
 def stalled(history: list[float], window: int = STALL) -> bool:
@@ -123,7 +124,7 @@ def fixed_point(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: fl
     x = x0
     for k in range(1, max_iter + 1):
         gx = G(x)
-        residual, met = _check(gx, x, atol, rtol, bound, result)
+        residual, met, _ = _check(gx, x, atol, rtol, bound, result)
         result.iterations = k
         x = gx
         if met or not math.isfinite(residual) or stalled(result.history):
@@ -166,7 +167,7 @@ def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float
     gx = x0
     for k in range(1, max_iter + 1):
         gx = G(x)
-        residual, met = _check(gx, x, atol, rtol, bound, result)
+        residual, met, f = _check(gx, x, atol, rtol, bound, result)
         result.iterations = k
         if met or not math.isfinite(residual) or stalled(result.history):
             result.converged = met
@@ -178,7 +179,7 @@ def anderson(G: Callable[[Tensor], Tensor], x0: Tensor, atol: float, rtol: float
             gram.zero_()
         best = min(best, residual)
         g_flat = gx.reshape(b, n)
-        f_flat = g_flat - x.reshape(b, n)
+        f_flat = f.reshape(b, n)
         if prev_f is None or prev_g is None:
             prev_f, prev_g = f_flat, g_flat
             x = gx
@@ -226,12 +227,11 @@ def newton(linearize: Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]], x
     prev: tuple[Tensor, Tensor] | None = None  # G(x) and the per-example residual norm at the last point
     for k in range(1, max_iter + 1):
         gx, jacobian = linearize(x)
-        residual, met = _check(gx, x, atol, rtol, bound, result)
+        residual, met, f = _check(gx, x, atol, rtol, bound, result)
         result.iterations = k
         if met or not math.isfinite(residual) or stalled(result.history, NEWTON_STALL):
             result.converged = met
             break
-        f = gx - x
         norm = f.norm(dim=1)
         step = torch.linalg.solve_ex(jacobian() + eye, f.unsqueeze(2))[0].squeeze(2)
         x_next = x + torch.where(torch.isfinite(step), step, f)

@@ -227,7 +227,7 @@ class ResidualBlock(nn.Module):
             gx, vjp = self.net.linearize(x, weights)
             return y - gx, lambda: self.net.jacobian_from(vjp, x)
 
-        def accelerated(kind: SolverKind, x0: Tensor, iterations: int) -> tuple[Tensor, SolveResult]:
+        def run(kind: SolverKind, x0: Tensor, iterations: int) -> tuple[Tensor, SolveResult]:
             if kind == "anderson":
                 return anderson(step, x0, atol, rtol, iterations, memory=memory, bound=bound)
             if kind == "newton":
@@ -235,21 +235,21 @@ class ResidualBlock(nn.Module):
             return fixed_point(step, x0, atol, rtol, iterations, bound=bound)
 
         with ieee_fp32():
-            if solver != "auto" or self.auto_solver(y) == "fixed_point":
-                return accelerated(solver if solver != "auto" else "fixed_point", y, max_iter)
+            switch_to = self.auto_solver(y) if solver == "auto" else solver
+            if solver != "auto" or switch_to == "fixed_point":
+                return run(switch_to, y, max_iter)
             done = SolveResult()
             x = y
             while True:
-                kind: SolverKind = "fixed_point"
-                if len(done.history) >= 2 and done.history[-1] > AUTO_SWITCH_RATE * done.history[-2]:
-                    kind = self.auto_solver(y)
+                slow = len(done.history) >= 2 and done.history[-1] > AUTO_SWITCH_RATE * done.history[-2]
+                kind: SolverKind = switch_to if slow else "fixed_point"
                 left = max_iter - done.iterations
-                x, part = accelerated(kind, x, left if kind != "fixed_point" else min(AUTO_PROBE, left))
+                x, part = run(kind, x, left if slow else min(AUTO_PROBE, left))
                 part.iterations += done.iterations
                 part.history = done.history + part.history
                 done = part
-                if (kind != "fixed_point" or done.converged or not math.isfinite(done.residual)
-                        or done.iterations >= max_iter or stalled(done.history)):
+                if (slow or done.converged or not math.isfinite(done.residual) or done.iterations >= max_iter
+                        or stalled(done.history)):
                     return x, done
 
     def auto_solver(self, y: Tensor) -> SolverKind:

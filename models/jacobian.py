@@ -283,9 +283,9 @@ def lanczos_extremes(fn: Map, x: Tensor, iters: int = 100, rtol: float = 1e-3, s
     orthonormal in floating point, so no spurious copies of converged Ritz values appear), and extends the
     tridiagonal ``T_k``. A point stops once the bounds of :class:`LanczosResult` on its ``sigma_max`` (and with
     ``need_min`` its ``sigma_min``) are at most ``rtol`` (checked every step up to 16 steps, then every ``k // 8``
-steps), or after ``min(iters, D)`` steps; stopped points leave the batch (the graph is rebuilt for the points still
-running, one forward), so a batch of many points costs the sum of their steps, not its slowest point's times their
-number. The extreme Ritz values
+    steps), or after ``min(iters, D)`` steps; stopped points leave the batch (the graph is rebuilt for the points
+    still running, one forward), so a batch of many points costs the sum of their steps, not its slowest point's
+    times their number. The extreme Ritz values
     converge at the rate of the Chebyshev polynomials on the spectrum (Kaniel-Paige), much faster than power
     iteration, and ``sigma_min`` needs no inner solves; it is as accurate as ``J^T J`` is resolved in the dtype
     (about ``eps * cond(J)^2`` relatively), so use float64 for ill-conditioned maps. The start vector is drawn from
