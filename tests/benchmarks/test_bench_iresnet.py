@@ -19,6 +19,7 @@ printed. FrEIA's layers get the native block's (normalised) weights, so both sid
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import FrEIA.modules as Fm
@@ -113,18 +114,23 @@ def _ring(n: int, generator: torch.Generator) -> Tensor:
     return centres + 0.2 * torch.randn(n, 2, generator=generator)
 
 
-def _train(steps: int) -> IResNetNative:
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    model = IResNetNative((2,), coeff=0.9, solver="fixed_point")
-    model.data_init(_ring(512, gen))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+def _fit(model: IResNetNative, init: Tensor, draw: Callable[[], Tensor], steps: int, lr: float) -> IResNetNative:
+    """``model`` data-initialised on ``init`` and trained ``steps`` Adam steps on ``-log_prob`` of ``draw()``."""
+    model.data_init(init)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
-        loss = -model.log_prob(_ring(128, gen)).mean()
+        loss = -model.log_prob(draw()).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     return model.eval()
+
+
+def _train(steps: int) -> IResNetNative:
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = IResNetNative((2,), coeff=0.9, solver="fixed_point")
+    return _fit(model, _ring(512, gen), lambda: _ring(128, gen), steps, lr=5e-3)
 
 
 def _train_digits(name: str, steps: int) -> tuple[IResNetNative, Tensor]:
@@ -141,14 +147,7 @@ def _train_digits(name: str, steps: int) -> tuple[IResNetNative, Tensor]:
         return data.dequantize(data.train_x[torch.randint(0, data.train_x.shape[0], (64,), generator=gen)],
                                generator=gen)
 
-    model.data_init(batch())
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(steps):
-        loss = -model.log_prob(batch()).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval(), data.dequantize(data.test_x[:256], generator=gen)
+    return _fit(model, batch(), batch, steps, lr=1e-3), data.dequantize(data.test_x[:256], generator=gen)
 
 
 class _FreiaStack(nn.Module):
