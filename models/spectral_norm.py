@@ -83,11 +83,9 @@ class SpectralNormLayer(nn.Module):
         self.u.copy_(u)
         self.v.copy_(v)
 
-    def sigma(self, update: bool = False) -> Tensor:
-        """The power-iteration estimate ``u^T W v`` of ``||W||_2``, ``W = gain * weight`` (differentiable in
-        ``weight``); scalar."""
-        if update and self.training:
-            self.power_iterate(self.n_power_iterations)
+    def sigma(self) -> Tensor:
+        """The power-iteration estimate ``u^T W v`` of ``||W||_2`` from the stored vectors, ``W = gain * weight``
+        (differentiable in ``weight``); scalar."""
         # a graph saves u and v, which a later training forward updates in place: give it copies
         u, v = (self.u.clone(), self.v.clone()) if torch.is_grad_enabled() else (self.u, self.v)
         return self.gain * (u * self._op(v, self.weight)).sum()
