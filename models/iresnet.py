@@ -49,6 +49,7 @@ from models.base import (
     VjpKind,
 )
 from models.fixed_point import ErrorBound, SolveResult, anderson, fixed_point, ieee_fp32, newton, stalled
+from models.jacobian import jacobian_from_vjp
 from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
@@ -170,13 +171,6 @@ class ResidualNet(nn.Module):
 
         return h, (vjp_linear if len(shape) == 1 else vjp_conv)
 
-    def jacobian_from(self, vjp: VJP, x: Tensor) -> Tensor:
-        """The full Jacobian ``J_g(x)``: (B, D, D) of a vector net from a :meth:`linearize` ``vjp`` at ``x``: (B, D),
-        as D vector-Jacobian products with the unit vectors (row ``p`` of ``J`` is ``e_p^T J``)."""
-        b, d = x.shape
-        units = torch.eye(d, dtype=x.dtype, device=x.device)[:, None, :].expand(d, b, d)
-        return vjp(units).transpose(0, 1)
-
     def _linearize_autograd(self, x: Tensor, weights: list[Tensor]) -> tuple[Tensor, VJP]:
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -212,7 +206,8 @@ class ResidualBlock(nn.Module):
         """Solve ``x + g(x) = y`` from ``x_0 = y``. ``y``: (B, *shape) -> (``x``: (B, *shape), result); stops on
         the residual tolerance ``atol + rtol max|x|``, or on ``bound`` (the a-posteriori error bound) where given.
         ``solver``: :func:`models.fixed_point.fixed_point`, :func:`~models.fixed_point.anderson`,
-        :func:`~models.fixed_point.newton` (vectors only: the Jacobian is :meth:`ResidualNet.jacobian_from`), or
+        :func:`~models.fixed_point.newton` (vectors only: the Jacobian is :func:`models.jacobian.jacobian_from_vjp`
+        of :meth:`ResidualNet.linearize`), or
         ``"auto"``: plain iteration, :data:`AUTO_PROBE` steps at a time, until a step shrinks the residual by less
         than the factor :data:`AUTO_SWITCH_RATE`, then :meth:`auto_solver` from that point on (iterations and
         history count both parts).
@@ -225,7 +220,7 @@ class ResidualBlock(nn.Module):
 
         def linearized(x: Tensor) -> tuple[Tensor, Callable[[], Tensor]]:
             gx, vjp = self.net.linearize(x, weights)
-            return y - gx, lambda: self.net.jacobian_from(vjp, x)
+            return y - gx, lambda: jacobian_from_vjp(vjp, x)
 
         def run(kind: SolverKind, x0: Tensor, iterations: int) -> tuple[Tensor, SolveResult]:
             if kind == "anderson":

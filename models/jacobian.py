@@ -14,11 +14,13 @@ returned as ``(B, D_out, D_in)`` with ``D = prod(shape)``. Three ways to get the
   outputs; for square maps (bijections) of moderate ``B x D`` (callers chunk the batch). Same independence
   condition.
 
-From the Jacobian: :func:`jacobian_slogdet` (``log|det J|``) and :func:`jacobian_singular_values`. Without it, at
-large D: :class:`JacobianProducts` gives ``J v`` and ``J^T u`` from one forward graph; :func:`lanczos_extremes`
-finds both extreme singular values of every point at once by Lanczos on ``J^T J`` (one JVP and one VJP per step),
-with an a-posteriori bound on each one's error; :func:`power_sigma_max` / :func:`power_sigma_min` find them by
-power iteration on ``J^T J`` and by inverse iteration with conjugate-gradient solves.
+A model that has its own vector-Jacobian product (an i-ResNet block, :meth:`models.iresnet.ResidualNet.linearize`)
+builds the full Jacobian from it with :func:`jacobian_from_vjp`. From the Jacobian: :func:`jacobian_slogdet`
+(``log|det J|``) and :func:`jacobian_singular_values`. Without it, at large D: :class:`JacobianProducts` gives
+``J v`` and ``J^T u`` from one forward graph; :func:`lanczos_extremes` finds both extreme singular values of every
+point at once by Lanczos on ``J^T J`` (one JVP and one VJP per step), with an a-posteriori bound on each one's
+error; :func:`power_sigma_max` / :func:`power_sigma_min` find them by power iteration on ``J^T J`` and by inverse
+iteration with conjugate-gradient solves.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor
 
 Map = Callable[[Tensor], Tensor]
 
-__all__ = ["JacobianProducts", "LanczosResult", "Map", "batch_jacobian", "jacobian_by_replicas",
+__all__ = ["JacobianProducts", "LanczosResult", "Map", "batch_jacobian", "jacobian_by_replicas", "jacobian_from_vjp",
            "jacobian_singular_values", "jacobian_slogdet", "lanczos_extremes", "power_sigma_max", "power_sigma_min"]
 
 
@@ -88,6 +90,16 @@ def jacobian_by_replicas(fn: Map, x: Tensor, *, create_graph: bool = False) -> t
     jac = rows.reshape(b, d, d)
     y = y_rep.reshape(b, d, *y_rep.shape[1:])[:, 0]
     return (y, jac) if create_graph else (y.detach(), jac.detach())
+
+
+def jacobian_from_vjp(vjp: Map, x: Tensor) -> Tensor:
+    """The full per-example Jacobian ``J(x)``: (B, D, D) of a square map from its vector-Jacobian product
+    ``vjp(v) = v^T J(x)``, batched over a leading probe axis ((P, B, *shape) -> (P, B, *shape)), at ``x``: (B, *shape):
+    one call on the D unit vectors (row ``i`` of ``J`` is ``e_i^T J``). Differentiable where ``vjp`` is."""
+    b, d = x.shape[0], math.prod(x.shape[1:])
+    eye = torch.eye(d, dtype=x.dtype, device=x.device)
+    basis = eye[:, None, :].expand(d, b, d).reshape(d, b, *x.shape[1:])
+    return vjp(basis).reshape(d, b, d).transpose(0, 1)
 
 
 def jacobian_slogdet(fn: Map, x: Tensor, *, batched: bool = False, create_graph: bool = False) -> Tensor:

@@ -16,6 +16,11 @@ so the terms reuse one graph. Result shapes are (B,).
   ``w^T dJ v`` with ``w^T = sum_{k=0}^{N-1} (-1)^k v^T J^k / P(N >= k + 1)`` (computed without a graph) through one
   differentiable vjp, so the memory does not grow with the number of terms.
 
+For vectors of at most ``terms x probes`` dimensions (a 2-D density), :func:`block_logdet` first builds the full
+Jacobian from D vjps in one call and runs the series on it (:func:`matrix_series`: a (D, D) product per term
+instead of a pass through the network): the same estimate from the same probes, for D network products instead of
+``terms x probes``.
+
 The settings of all of them are one :class:`models.base.EstimatorSettings` (part of the model contract).
 """
 
@@ -28,9 +33,10 @@ import torch
 from torch import Tensor
 
 from models.base import EstimatorSettings
+from models.jacobian import jacobian_from_vjp
 
-__all__ = ["VJP", "EstimatorSettings", "block_logdet", "exact_logdet", "neumann_series", "power_series",
-           "roulette_weights", "sample_probes", "sample_tail", "tail_survival"]
+__all__ = ["VJP", "EstimatorSettings", "block_logdet", "exact_logdet", "matrix_series", "neumann_series",
+           "power_series", "roulette_weights", "sample_probes", "sample_tail", "tail_survival"]
 
 VJP = Callable[[Tensor], Tensor]
 
@@ -113,12 +119,38 @@ def neumann_series(vjp: VJP, v: Tensor, weights: Sequence[float]) -> Tensor:
 
 def exact_logdet(vjp: VJP, x: Tensor) -> Tensor:
     """``log|det(I + J_g)|`` from the full Jacobian: D vjps against basis vectors. ``x``: (B, *shape) -> (B,)."""
-    b, d = x.shape[0], x[0].numel()
-    eye = torch.eye(d, dtype=x.dtype, device=x.device)
-    basis = eye[:, None, :].expand(d, b, d).reshape(d, b, *x.shape[1:])
-    rows = vjp(basis).reshape(d, b, d)  # rows[i, b] = e_i^T J_g(x_b)
-    jac = rows.transpose(0, 1)  # (B, D, D)
-    return torch.linalg.slogdet(eye + jac)[1]
+    jac = jacobian_from_vjp(vjp, x)  # (B, D, D)
+    return torch.linalg.slogdet(torch.eye(jac.shape[1], dtype=x.dtype, device=x.device) + jac)[1]
+
+
+def matrix_series(jac: Tensor, v: Tensor, weights: Sequence[float], neumann_grad: bool = False) -> Tensor:
+    """:func:`power_series` (or, with ``neumann_grad``, :func:`neumann_series`) on an explicit Jacobian
+    ``jac``: (B, D, D) of a vector block, with probes ``v``: (P, B, D) -> (B,), the same value and gradient.
+
+    The row vectors ``sum_k c_k v^T J^k`` are evaluated by Horner's rule, ``r <- c_k v^T + r J``, one fused
+    multiply-add of (B, P, D) by (B, D, D) per term; the Neumann gradient's ``w^T`` the same way, under ``no_grad``,
+    with the one differentiable product ``w^T J`` of the surrogate."""
+    vt = v.transpose(0, 1).contiguous()  # (B, P, D): row vectors for batched products
+
+    def horner(coeffs: Sequence[float]) -> Tensor:  # sum_{k>=0} coeffs[k] v^T J^k
+        r = coeffs[-1] * vt
+        for c in reversed(coeffs[:-1]):
+            r = torch.baddbmm(vt, r, jac, beta=c)
+        return r
+
+    def dot(a: Tensor) -> Tensor:
+        return (a * vt).sum(dim=2).mean(dim=1)
+
+    series = [0.0] + [(-1) ** (k + 1) * weight / k for k, weight in enumerate(weights, start=1)]
+    if not neumann_grad:
+        return dot(horner(series))
+    with torch.no_grad():
+        value = dot(horner(series))
+        w = horner([(-1) ** k * weight for k, weight in enumerate(weights)])
+    if not torch.is_grad_enabled():
+        return value
+    surrogate = dot(torch.bmm(w, jac))
+    return value + (surrogate - surrogate.detach())
 
 
 def block_logdet(vjp: VJP, x: Tensor, settings: EstimatorSettings, generator: torch.Generator | None) -> Tensor:
@@ -132,6 +164,8 @@ def block_logdet(vjp: VJP, x: Tensor, settings: EstimatorSettings, generator: to
     if not weights:
         return torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     v = sample_probes((settings.probes, *x.shape), settings.probe, x, generator)
+    if x.dim() == 2 and x.shape[1] <= len(weights) * settings.probes:
+        return matrix_series(jacobian_from_vjp(vjp, x), v, weights, settings.neumann_grad)
     if settings.neumann_grad:
         return neumann_series(vjp, v, weights)
     return power_series(vjp, v, weights)

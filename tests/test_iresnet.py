@@ -21,9 +21,11 @@ from models.activations import ELU, LipSwish
 from models.actnorm import ActNorm
 from models.base import InverseSettings
 from models.iresnet import IResNetNative, ResFlowNative, ResidualBlock, ResidualFlow, ResidualNet
-from models.jacobian import jacobian_slogdet
+from models.jacobian import jacobian_from_vjp, jacobian_slogdet
 from models.logdet_estimators import (
     EstimatorSettings,
+    block_logdet,
+    matrix_series,
     neumann_series,
     power_series,
     sample_tail,
@@ -245,6 +247,55 @@ def test_neumann_gradient_equals_series_gradient_with_exact_traces() -> None:
     assert err[2] < 1e-6 * g_exact.norm().item()
 
 
+@pytest.mark.parametrize("neumann", [False, True])
+@pytest.mark.parametrize("weights", [[1.0] * 5, [1.0, 1.0, 2.0, 4.0, 8.0, 16.0]])
+def test_series_on_the_explicit_jacobian_equals_the_series_through_the_network(neumann: bool,
+                                                                               weights: list[float]) -> None:
+    """:func:`matrix_series` (Horner's rule on the (D, D) Jacobian, what small vectors use) gives the value and the
+    gradient of :func:`power_series` / :func:`neumann_series` through the network's vjp, from the same probes."""
+    torch.manual_seed(3)
+    d, batch = 3, 6
+    net = ResidualNet((d,), 8, 0.8, "elu").double()
+    saturate(net)
+    x = torch.randn(batch, d, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, batch, d, dtype=torch.float64)
+    params = [*net.parameters(), x]
+
+    def value_and_grads(explicit: bool) -> tuple[Tensor, Tensor]:
+        _, vjp = net.linearize(x, net.weights(update=False))
+        if explicit:
+            est = matrix_series(jacobian_from_vjp(vjp, x), v, weights, neumann)
+        else:
+            est = neumann_series(vjp, v, weights) if neumann else power_series(vjp, v, weights)
+        grads = torch.autograd.grad(est.sum(), params, allow_unused=True)
+        return est.detach(), torch.cat([torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
+                                        for p, g in zip(params, grads, strict=True)])
+
+    (value_net, grad_net), (value_mat, grad_mat) = value_and_grads(False), value_and_grads(True)
+    assert value_net.abs().max() > 1e-2 and grad_net.norm() > 1e-2
+    torch.testing.assert_close(value_mat, value_net, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grad_mat, grad_net, atol=1e-12, rtol=1e-10)
+
+
+def test_block_logdet_takes_the_explicit_jacobian_only_below_terms_times_probes(monkeypatch: pytest.MonkeyPatch
+                                                                                ) -> None:
+    calls: list[int] = []
+    original = matrix_series
+
+    def counting(jac: Tensor, *args: Any) -> Tensor:
+        calls.append(jac.shape[1])
+        return original(jac, *args)
+
+    monkeypatch.setattr("models.logdet_estimators.matrix_series", counting)
+    settings = EstimatorSettings(method="series", terms=5, probes=1)
+    for d in (2, 5, 6):
+        net = ResidualNet((d,), 8, 0.9, "elu").double()
+        x = torch.randn(4, d, dtype=torch.float64)
+        _, vjp = net.linearize(x, net.weights(update=False))
+        block_logdet(vjp, x, settings, None)
+    assert calls == [2, 5]
+
+
 @pytest.mark.parametrize(("cls", "options"), [(IResNetNative, {}), (ResFlowNative, {}),
                                               (IResNetNative, {"neumann_grad": True}),
                                               (ResFlowNative, {"neumann_grad": False})])
@@ -336,6 +387,34 @@ def test_spectral_norm_tracks_weights_during_training() -> None:
     assert worst <= 0.9 * 1.01
     moved = max(((layer.weight - w0).norm() / w0.norm()).item() for layer, w0 in zip(layers, start, strict=True))
     assert moved > 0.01  # the weights did change under the power iteration
+
+
+@pytest.mark.parametrize("layer_kind", ["linear", "conv"])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_training_normalisation_equals_power_iteration_then_sigma(layer_kind: str, steps: int) -> None:
+    """The training forward's fused path (the last ``W v`` with a graph, ``sigma = ||W v||``) stores the same
+    ``u``, ``v`` and gives the same normalised weight and gradient as :meth:`power_iterate` followed by
+    ``sigma() = u^T W v``."""
+    torch.manual_seed(4)
+
+    def make_layer() -> SpectralNormLayer:
+        torch.manual_seed(4)
+        if layer_kind == "linear":
+            return SpectralNormLinear(6, 5, 0.7, n_power_iterations=steps, init_iterations=2).double()
+        return SpectralNormConv2d(2, 3, 3, (4, 4), 0.7, n_power_iterations=steps, init_iterations=2).double()
+
+    fused, reference = make_layer().train(), make_layer().train()
+    w_fused = fused.normalized_weight(update=True)
+    reference.power_iterate(steps)
+    w_ref = reference.gain * reference.weight / torch.clamp(reference.sigma() / reference.coeff, min=1.0)
+    assert torch.clamp(reference.sigma() / reference.coeff, min=1.0).item() > 1.0  # the normalisation is active
+    torch.testing.assert_close(fused.u, reference.u, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(fused.v, reference.v, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(w_fused, w_ref, atol=1e-12, rtol=1e-10)
+    probe = torch.randn_like(w_ref)
+    (g_fused,) = torch.autograd.grad((w_fused * probe).sum(), fused.weight)
+    (g_ref,) = torch.autograd.grad((w_ref * probe).sum(), reference.weight)
+    torch.testing.assert_close(g_fused, g_ref, atol=1e-12, rtol=1e-10)
 
 
 def test_power_iteration_updates_only_in_training() -> None:
