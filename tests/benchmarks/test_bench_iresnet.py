@@ -13,7 +13,10 @@ printed. FrEIA's layers get the native block's (normalised) weights, so both sid
     error <= 1e-5 (float32), on an i-ResNet (c = 0.9) trained briefly on a 2-D ring of Gaussians (300 steps), on
     8x8 digits as 64-vectors and as (1, 8, 8) images (400 steps each): native plain fixed point, Anderson, Newton
     (also at D = 64, past the dimension the model accepts it for, to show its cost) and ``auto``, each at the
-    loosest residual tolerance meeting the error, against FrEIA's fixed 50 iterations on the ring.
+    loosest residual tolerance (``stop = "residual"``) meeting the error, against FrEIA's fixed 50 iterations on the
+    ring; and ``auto`` with the models' default certified stop (``stop = "error"``, ``tol = 1e-5``), with each
+    block's certified ``Lip(g)``: not reached where a block is not a certified contraction or its bound stalls at
+    the float32 floor.
 """
 
 from __future__ import annotations
@@ -201,8 +204,8 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
 
     results: dict[str, dict[str, Any]] = {}
     for solver in SOLVERS[case]:
-        for tol in (1e-5, 3e-6, 1e-6, 3e-7, 1e-7):  # the loosest tolerance that reaches the target error (float32)
-            settings = InverseSettings(solver=solver, tol=tol)  # type: ignore[arg-type]
+        for tol in (1e-4, 3e-5, 1e-5, 3e-6, 1e-6, 3e-7, 1e-7):  # the loosest residual tolerance reaching the error
+            settings = InverseSettings(solver=solver, tol=tol, stop="residual")  # type: ignore[arg-type]
             if solver == "newton" and x[0].numel() > NEWTON_MAX_DIM:
                 model.solve = settings  # past the dimension the model accepts Newton for, to show what it would cost
             else:
@@ -215,6 +218,17 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
         results[solver] = {"forward_units": stats.median, "iqr": [stats.q25, stats.q75], "tol": tol,
                            "iterations_per_block": info.per_block, "reconstruction_error": err,
                            "converged": info.converged}
+    # the certified stop: inverse_tol = 1e-5 as a bound on the error (the models' default stop), where every block is
+    # a certified contraction and the bound is reachable in float32
+    model.configure_inverse(InverseSettings(solver="auto", tol=1e-5, stop="error"))
+    x_rec, info = model.invert(z)
+    certified: dict[str, Any] = {
+        "converged": info.converged, "error_bound": info.error_bound, "iterations_per_block": info.per_block,
+        "reconstruction_error": (x_rec - x).abs().max().item(),
+        "block_lipschitz": [model._block(b).net.lipschitz() for b in reversed(model.blocks)]}
+    if info.converged:
+        stats = time_ratio(lambda: model.inverse(z), forward, rounds=21, max_seconds=20)
+        certified.update({"forward_units": stats.median, "iqr": [stats.q25, stats.q75]})
     head_to_head = None
     if freia is not None:
         assert torch.allclose(freia(x), z, atol=1e-5), "the FrEIA stack must compute the same map"
@@ -222,12 +236,13 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
         freia_stats = time_ratio(lambda: freia.inverse(z), lambda: freia(x), rounds=21, max_seconds=20)
         results["freia"] = {"forward_units": freia_stats.median, "iqr": [freia_stats.q25, freia_stats.q75],
                             "iterations_per_block": [50] * len(model.blocks), "reconstruction_error": freia_err}
-        model.configure_inverse(InverseSettings(solver="auto", tol=results["auto"]["tol"]))
+        model.configure_inverse(InverseSettings(solver="auto", tol=results["auto"]["tol"], stop="residual"))
         head_to_head = time_ratio(lambda: freia.inverse(z), lambda: model.inverse(z), rounds=21, max_seconds=20)
-    model.configure_inverse(InverseSettings(solver="auto", tol=results["auto"]["tol"]))
+    model.configure_inverse(InverseSettings(solver="auto", tol=results["auto"]["tol"], stop="residual"))
     benchmark.pedantic(lambda: model.inverse(z), rounds=10, iterations=1, warmup_rounds=1)
     versus_freia = None if head_to_head is None else head_to_head.median
-    benchmark.extra_info.update({"case": case, "inverse": results, "batch": x.shape[0], "coeff": 0.9,
+    benchmark.extra_info.update({"case": case, "inverse": results, "certified": certified, "batch": x.shape[0],
+                                 "coeff": 0.9,
                                  "depth": len(model.blocks), "freia_over_native_auto_inverse": versus_freia})
     print(f"\n[iresnet inverse cost, {case}, c=0.9, float32, batch 256, "
           "loosest residual tolerance giving error <= 1e-5]")
@@ -237,6 +252,18 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
               + (f", tol {r['tol']:.0e}" if "tol" in r else ""))
     if head_to_head is not None:
         print(f"  FrEIA inverse time / native auto inverse time: {head_to_head.median:.2f}x")
+    lips = ", ".join(f"{lip:.3f}" for lip in certified["block_lipschitz"])
+    if certified["converged"]:
+        print(f"  auto, certified (stop = error, tol 1e-5): {certified['forward_units']:.2f} forward passes "
+              f"(IQR {certified['iqr'][0]:.2f}-{certified['iqr'][1]:.2f}), iterations/block "
+              f"{certified['iterations_per_block']}, bound {certified['error_bound']:.1e}, error "
+              f"{certified['reconstruction_error']:.1e}; block Lip(g) {lips}")
+    else:
+        bound = certified["error_bound"]
+        print(f"  auto, certified (stop = error, tol 1e-5): not reached (iterations/block "
+              f"{certified['iterations_per_block']}, bound {'none' if bound is None else f'{bound:.1e}'}, error "
+              f"{certified['reconstruction_error']:.1e}); block Lip(g) {lips}"
+              + (": a block above 1 is not a certified contraction" if bound is None else ""))
     for solver in SOLVERS[case]:
         assert results[solver]["converged"] and results[solver]["reconstruction_error"] <= 1e-5, solver
 
