@@ -524,6 +524,19 @@ def test_squeeze_is_a_permutation() -> None:
     assert torch.equal(s.flatten().sort().values, x.flatten().sort().values)
 
 
+def test_elu_derivative_equals_exp_of_min_in_value_and_gradient() -> None:
+    """ELU's fused derivative (ELU's own backward kernel on the result) is ``exp(min(a, 0))``, and so is its gradient
+    (the log-det's backward goes through it)."""
+    torch.manual_seed(6)
+    a = torch.randn(32, 8, dtype=torch.float64) * 3
+    h, d = ELU().value_and_derivative(a)
+    torch.testing.assert_close(h, F.elu(a), atol=0, rtol=0)
+    torch.testing.assert_close(d, torch.exp(torch.clamp(a, max=0.0)), atol=1e-15, rtol=1e-14)
+    x = a.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda t: ELU().value_and_derivative(t)[1], (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ELU().value_and_derivative(t)[1], (x,))
+
+
 def test_lipswish_derivative_and_lipschitz_bound() -> None:
     act = LipSwish(beta=3.0).double()
     a = torch.linspace(-8, 8, 2001, dtype=torch.float64, requires_grad=True)
