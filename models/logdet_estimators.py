@@ -91,7 +91,10 @@ def power_series(vjp: VJP, v: Tensor, weights: Sequence[float]) -> Tensor:
     for k, weight in enumerate(weights, start=1):
         w = vjp(w)
         coeff = (-1) ** (k + 1) * weight / k
-        acc = coeff * w if acc is None else acc + coeff * w
+        if acc is None:
+            acc = w if coeff == 1.0 else coeff * w
+        else:
+            acc = acc.add(w, alpha=coeff)  # one fused operation instead of a product and a sum
     assert acc is not None
     return _dot(acc, v)
 
