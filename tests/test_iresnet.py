@@ -390,8 +390,8 @@ def test_spectral_norm_tracks_weights_during_training() -> None:
 
 
 @pytest.mark.parametrize("layer_kind", ["linear", "conv"])
-@pytest.mark.parametrize("steps", [1, 3])
-def test_training_normalisation_equals_power_iteration_then_sigma(layer_kind: str, steps: int) -> None:
+@pytest.mark.parametrize(("steps", "gain"), [(1, 1.0), (3, 1.0), (1, 3.0)])
+def test_training_normalisation_equals_power_iteration_then_sigma(layer_kind: str, steps: int, gain: float) -> None:
     """The training forward's fused path (the last ``W v`` with a graph, ``sigma = ||W v||``) stores the same
     ``u``, ``v`` and gives the same normalised weight and gradient as :meth:`power_iterate` followed by
     ``sigma() = u^T W v``."""
@@ -400,8 +400,9 @@ def test_training_normalisation_equals_power_iteration_then_sigma(layer_kind: st
     def make_layer() -> SpectralNormLayer:
         torch.manual_seed(4)
         if layer_kind == "linear":
-            return SpectralNormLinear(6, 5, 0.7, n_power_iterations=steps, init_iterations=2).double()
-        return SpectralNormConv2d(2, 3, 3, (4, 4), 0.7, n_power_iterations=steps, init_iterations=2).double()
+            return SpectralNormLinear(6, 5, 0.7, n_power_iterations=steps, init_iterations=2, gain=gain).double()
+        return SpectralNormConv2d(2, 3, 3, (4, 4), 0.7, n_power_iterations=steps, init_iterations=2,
+                                  gain=gain).double()
 
     fused, reference = make_layer().train(), make_layer().train()
     w_fused = fused.normalized_weight(update=True)
