@@ -98,22 +98,23 @@ def _check(gx: Tensor, x: Tensor, atol: float, rtol: float, bound: ErrorBound | 
     """Record the residual (and bound) of ``G(x) = gx`` in ``result``; returns ``(residual, criterion met,
     G(x) - x)``, the last for the solvers that step with it."""
     diff = gx - x
-    residual_t = diff.abs().amax()
-    if bound is None or bound.target is None:  # the residual test needs the scale max|G(x)|
-        l2_t = (torch.linalg.vector_norm(diff.flatten(1), dim=1).amax() if bound is not None
-                else diff.new_zeros(()))
-        residual, scale, l2 = torch.stack([residual_t, gx.abs().amax(), l2_t]).tolist()  # one device sync
-    else:
-        residual, l2 = torch.stack([residual_t, torch.linalg.vector_norm(diff.flatten(1), dim=1).amax()]).tolist()
-        scale = 0.0
+    residual_stop = bound is None or bound.target is None
+    reductions = [diff.abs().amax()]
+    if bound is not None:
+        reductions.append(torch.linalg.vector_norm(diff.flatten(1), dim=1).amax())
+    if residual_stop:
+        reductions.append(gx.abs().amax())  # the scale of the residual test
+    values = torch.stack(reductions).tolist()  # one device sync
+    residual = values[0]
     result.residual = residual
     result.history.append(residual)
-    if bound is None:
-        return residual, math.isfinite(residual) and residual <= atol + rtol * scale, diff
-    error_bound = result.error_bound = bound.factor * l2
-    if bound.target is None:
-        return residual, math.isfinite(residual) and residual <= atol + rtol * scale, diff
-    return residual, math.isfinite(residual) and error_bound <= bound.target, diff
+    finite = math.isfinite(residual)
+    if bound is not None:
+        result.error_bound = bound.factor * values[1]
+    if residual_stop:
+        return residual, finite and residual <= atol + rtol * values[-1], diff
+    assert bound is not None and bound.target is not None and result.error_bound is not None
+    return residual, finite and result.error_bound <= bound.target, diff
 
 
 def stalled(history: list[float], window: int = STALL) -> bool:

@@ -65,6 +65,12 @@ AUTO_PROBE = 2
 AUTO_SWITCH_RATE = 0.4
 
 
+def newton_fits(shape: Sequence[int]) -> bool:
+    """Whether a block of per-example ``shape`` takes Newton's method: a vector of at most :data:`NEWTON_MAX_DIM`
+    dimensions."""
+    return len(shape) == 1 and shape[0] <= NEWTON_MAX_DIM
+
+
 class ResidualNet(nn.Module):
     """The contractive branch ``g``: (B, *shape) -> (B, *shape), ``Lip(g) <= coeff ** len(layers)``.
 
@@ -252,7 +258,7 @@ class ResidualBlock(nn.Module):
         most :data:`NEWTON_MAX_DIM` dimensions, Anderson acceleration for images, plain iteration for larger vectors
         (where, measured on digits as 64-vectors, neither paid for its extra work per iteration)."""
         if y.dim() == 2:
-            return "newton" if y.shape[1] <= NEWTON_MAX_DIM else "fixed_point"
+            return "newton" if newton_fits(y.shape[1:]) else "fixed_point"
         return "anderson"
 
 
@@ -281,8 +287,8 @@ class ResidualFlow(InvertibleModel):
             the log-det estimator, see :class:`models.logdet_estimators.EstimatorSettings`.
         solver, inverse_tol, max_iter, anderson_memory: the inverse, see :class:`models.base.InverseSettings`
             (``inverse_tol`` is its ``tol``).
-        solver: ``"fixed_point"``, ``"anderson"`` or ``"newton"`` (vectors of at most :data:`NEWTON_MAX_DIM`
-            dimensions: each step builds the block's full Jacobian).
+        solver: ``"fixed_point"``, ``"anderson"``, ``"newton"`` (vectors of at most :data:`NEWTON_MAX_DIM`
+            dimensions: each step builds the block's full Jacobian) or ``"auto"`` (:meth:`ResidualBlock.inverse`).
         inverse_tol: with ``inverse_stop = "error"``, the error budget of the inverse: the blocks' certified bounds
             on the errors their own solves add (2-norm per example) sum to at most ``inverse_tol``; later blocks can
             amplify an earlier block's error, which ``last_inverse.error_bound`` bounds (see
@@ -375,7 +381,7 @@ class ResidualFlow(InvertibleModel):
         self._hparams.update(_inverse_hparams(settings))
 
     def _check_solver(self, settings: InverseSettings) -> None:
-        if settings.solver == "newton" and (len(self.shape) != 1 or self.shape[0] > NEWTON_MAX_DIM):
+        if settings.solver == "newton" and not newton_fits(self.shape):
             raise ValueError(f"solver 'newton' builds each block's full Jacobian: vectors of at most {NEWTON_MAX_DIM} "
                              f"dimensions, got shape {self.shape}; use 'anderson' or 'fixed_point'")
 

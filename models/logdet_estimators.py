@@ -35,8 +35,9 @@ from torch import Tensor
 from models.base import EstimatorSettings
 from models.jacobian import jacobian_from_vjp
 
-__all__ = ["VJP", "EstimatorSettings", "block_logdet", "exact_logdet", "matrix_series", "neumann_series",
-           "power_series", "roulette_weights", "sample_probes", "sample_tail", "tail_survival"]
+__all__ = ["VJP", "EstimatorSettings", "block_logdet", "exact_logdet", "matrix_series", "neumann_coefficients",
+           "neumann_series", "power_series", "roulette_weights", "sample_probes", "sample_tail", "series_coefficients",
+           "tail_survival"]
 
 VJP = Callable[[Tensor], Tensor]
 
@@ -84,13 +85,22 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
     return (a * b).flatten(2).sum(dim=2).mean(dim=0)
 
 
+def series_coefficients(weights: Sequence[float]) -> list[float]:
+    """The power series' term coefficients ``c_k = (-1)^{k+1} weights[k-1] / k``, ``k = 1..len(weights)``."""
+    return [(-1) ** (k + 1) * weight / k for k, weight in enumerate(weights, start=1)]
+
+
+def neumann_coefficients(weights: Sequence[float]) -> list[float]:
+    """The Neumann gradient's coefficients ``(-1)^k weights[k]`` of ``v^T J^k``, ``k = 0..len(weights) - 1``."""
+    return [(-1) ** k * weight for k, weight in enumerate(weights)]
+
+
 def power_series(vjp: VJP, v: Tensor, weights: Sequence[float]) -> Tensor:
     """``sum_k (-1)^{k+1} weights[k-1] v^T J^k v / k`` averaged over probes. ``v``: (P, B, ...) -> (B,)."""
     w = v
     acc: Tensor | None = None  # sum_k c_k v^T J^k, dotted with v once at the end
-    for k, weight in enumerate(weights, start=1):
+    for coeff in series_coefficients(weights):
         w = vjp(w)
-        coeff = (-1) ** (k + 1) * weight / k
         if acc is None:
             acc = w if coeff == 1.0 else coeff * w
         else:
@@ -109,10 +119,10 @@ def neumann_series(vjp: VJP, v: Tensor, weights: Sequence[float]) -> Tensor:
         w = v
         acc = torch.zeros_like(v)
         neumann = torch.zeros_like(v)
-        for k, weight in enumerate(weights, start=1):
-            neumann.add_(w, alpha=(-1) ** (k - 1) * weight)
+        for a, c in zip(neumann_coefficients(weights), series_coefficients(weights), strict=True):
+            neumann.add_(w, alpha=a)
             w = vjp(w)
-            acc.add_(w, alpha=(-1) ** (k + 1) * weight / k)
+            acc.add_(w, alpha=c)
         value = _dot(acc, v)
     if not torch.is_grad_enabled():
         return value
@@ -144,12 +154,12 @@ def matrix_series(jac: Tensor, v: Tensor, weights: Sequence[float], neumann_grad
     def dot(a: Tensor) -> Tensor:
         return (a * vt).sum(dim=2).mean(dim=1)
 
-    series = [0.0] + [(-1) ** (k + 1) * weight / k for k, weight in enumerate(weights, start=1)]
+    series = [0.0, *series_coefficients(weights)]
     if not neumann_grad:
         return dot(horner(series))
     with torch.no_grad():
         value = dot(horner(series))
-        w = horner([(-1) ** k * weight for k, weight in enumerate(weights)])
+        w = horner(neumann_coefficients(weights))
     if not torch.is_grad_enabled():
         return value
     surrogate = dot(torch.bmm(w, jac))

@@ -75,13 +75,18 @@ class SpectralNormLayer(nn.Module):
         has the singular vectors of ``weight``, so the iteration runs on ``weight``)."""
         if iterations <= 0:
             return
-        w = self.weight.detach()
+        u, v = self._power_steps(self.weight.detach(), iterations)
+        self.u.copy_(u)
+        self.v.copy_(v)
+
+    def _power_steps(self, w: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+        """``(u, v)`` after ``iterations`` steps ``v <- W^T u / ||.||``, ``u <- W v / ||.||`` from the stored ``u``
+        (the stored ``v`` for none); ``w`` detached, the buffers left unchanged."""
         u, v = self.u, self.v
         for _ in range(iterations):
             v = _normalize(self._adjoint(u, w))
             u = _normalize(self._op(v, w))
-        self.u.copy_(u)
-        self.v.copy_(v)
+        return u, v
 
     def sigma(self) -> Tensor:
         """The power-iteration estimate ``u^T W v`` of ``||W||_2`` from the stored vectors, ``W = gain * weight``
@@ -112,9 +117,7 @@ class SpectralNormLayer(nn.Module):
         ``u v^T``, one product and three operations fewer. Scalar."""
         weight = self.weight
         w = weight.detach()  # u and v are buffers, so the iteration has no graph without a no_grad block
-        u = self.u
-        for _ in range(self.n_power_iterations - 1):
-            u = _normalize(self._op(_normalize(self._adjoint(u, w)), w))
+        u, _ = self._power_steps(w, self.n_power_iterations - 1)
         v = _normalize(self._adjoint(u, w))
         wv = self._op(v, weight)
         norm = torch.linalg.vector_norm(wv)
