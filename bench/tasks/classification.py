@@ -22,7 +22,7 @@ import torch
 from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext
-from bench.tasks.compiled import CompileMode
+from bench.tasks.compiled import COMPILE_FULLGRAPH_OPT, COMPILE_OPT, CompileMode
 from bench.tasks.curves import CURVE_SPECS, CurveRequest, curve_metrics
 from bench.tasks.training import (
     TRAIN_SPECS,
@@ -45,11 +45,8 @@ class ClassificationOptions(Options):
         "test examples (the first ones) the learning curve's accuracy is measured on", min=1))
     curve_evals: int = field(default=12, metadata=opt(
         "most learning-curve evaluations (step 0, log-spaced steps, the final step); 0: no curve", min=0))
-    compile: CompileMode = field(default="off", metadata=opt(
-        "the training loss through torch.compile (reduce-overhead: with CUDA graphs on CUDA); eager where the model "
-        "cannot be compiled, recorded in train_time's extra.compile"))
-    compile_fullgraph: bool = field(default=False, metadata=opt(
-        "with compile: a graph break is a compile failure (eager fallback) instead of a split graph"))
+    compile: CompileMode = field(default="off", metadata=COMPILE_OPT)
+    compile_fullgraph: bool = field(default=False, metadata=COMPILE_FULLGRAPH_OPT)
 
 
 TEST_ACCURACY = MetricSpec("test_accuracy", "fraction", "up", "fraction of the test labels predicted correctly")

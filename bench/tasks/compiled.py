@@ -36,12 +36,19 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from bench.options import opt
 from models.base import InvertibleModel
 from models.loss import Objective, training_loss
 
 CompileMode = Literal["off", "default", "reduce-overhead"]
 #: The modes of the ``compile`` option, in the order the options table shows them.
 COMPILE_MODES: tuple[CompileMode, ...] = ("off", "default", "reduce-overhead")
+
+#: The metadata of a training task's ``compile`` and ``compile_fullgraph`` options (likelihood, classification).
+COMPILE_OPT = opt("the training loss through torch.compile (reduce-overhead: with CUDA graphs on CUDA); eager where "
+                  "the model cannot be compiled, recorded in train_time's extra.compile")
+COMPILE_FULLGRAPH_OPT = opt("with compile: a graph break is a compile failure (eager fallback) instead of a split "
+                            "graph")
 #: ``loss(y, ldj, labels) -> scalar``: ``y`` (B, *shape), ``ldj`` (B,), ``labels`` (B,) or None.
 LossFn = Callable[[Tensor, Tensor, Tensor | None], Tensor]
 

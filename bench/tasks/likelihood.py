@@ -50,7 +50,7 @@ from torch import Tensor
 from bench.datasets.base import Dataset, DatasetInfo
 from bench.options import Options, near, opt
 from bench.tasks.base import Metric, MetricSpec, Task, TaskContext, save_artifact
-from bench.tasks.compiled import CompileMode
+from bench.tasks.compiled import COMPILE_FULLGRAPH_OPT, COMPILE_OPT, CompileMode
 from bench.tasks.curves import CURVE_SPECS, Curve, CurveRequest, curve_metrics
 from bench.tasks.measure import estimator_settings
 from bench.tasks.training import (
@@ -106,11 +106,8 @@ class LikelihoodOptions(Options):
     curve_rows: int = field(default=8192, metadata=opt(
         f"caps the curve's points at curve_rows // D (at least {CURVE_MIN_POINTS}): examples x dimensions per "
         "evaluation", min=1))
-    compile: CompileMode = field(default="off", metadata=opt(
-        "the training loss through torch.compile (reduce-overhead: with CUDA graphs on CUDA); eager where the model "
-        "cannot be compiled, recorded in train_time's extra.compile"))
-    compile_fullgraph: bool = field(default=False, metadata=opt(
-        "with compile: a graph break is a compile failure (eager fallback) instead of a split graph"))
+    compile: CompileMode = field(default="off", metadata=COMPILE_OPT)
+    compile_fullgraph: bool = field(default=False, metadata=COMPILE_FULLGRAPH_OPT)
 
     def __post_init__(self) -> None:
         known = [f.name for f in dataclasses.fields(EstimatorSettings)]

@@ -131,7 +131,7 @@ class StabilityOptions(Options):
         "a finite reconstruction error above this counts as exploded in nonfinite_frac", min=0.0,
         min_exclusive=True))
     exact_max_dim: int = field(default=64, metadata=opt(
-        "largest D with the exact Jacobian's singular values; above it power iteration (JVP/VJP)", min=0))
+        "largest D with the exact Jacobian's singular values; above it lip_method (JVP/VJP products)", min=0))
     power_iters: int = field(default=100, metadata=opt(
         "power iterations per Lipschitz estimate above exact_max_dim (lip_method power)", min=1))
     lip_method: Literal["lanczos", "power"] = field(default="lanczos", metadata=opt(
