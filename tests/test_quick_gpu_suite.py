@@ -48,3 +48,33 @@ def test_a_bad_compile_mode_in_the_suite_fails_at_load(tmp_path: Path) -> None:
         load_suite(str(bad), known())
     message = str(err.value)
     assert "\n" not in message and "tasks.likelihood.compile: expected one of off, default, reduce-overhead" in message
+
+
+def test_gpu_check_suite_and_script_name_what_exists() -> None:
+    """bench/suites/gpu-check.toml holds the estimator models on Fashion-MNIST with the likelihood and stability
+    tasks and no regularised twin (so a stability cell's seconds are its measurements); the script's digits models
+    are in both quick suites, and it parses as bash."""
+    import re
+    import shutil
+    import subprocess
+
+    from bench.tasks.stability import StabilityOptions, StabilityTask
+    from models.registry import get
+
+    check = load_suite("gpu-check", known())
+    assert [d.name for d in check.datasets] == ["fashion-mnist"] and check.device == "cuda"
+    assert check.tasks == ["likelihood", "stability"] and len(check.seeds) == 1
+    assert all(get(m).capabilities.logdet == "estimator" for m in check.models)
+    stability = StabilityTask.parse_options(check.options_for("stability"), "gpu-check")
+    assert isinstance(stability, StabilityOptions) and stability.regularizer is None
+    script = Path(__file__).resolve().parents[1] / "bench" / "suites" / "gpu-check.sh"
+    text = script.read_text()
+    match = re.search(r'^MODELS="([^"]+)"', text, flags=re.MULTILINE)
+    assert match is not None
+    quick, gpu = load_suite("quick", known()), load_suite("quick-gpu", known())
+    for model in match.group(1).split():
+        assert model in quick.models and model in gpu.models, model
+    assert "--suite quick " in text and "--suite quick-gpu " in text and "gpu-check.toml" in text
+    bash = shutil.which("bash")
+    assert bash is not None
+    subprocess.run([bash, "-n", str(script)], check=True)

@@ -195,8 +195,8 @@ def test_bundled_suites(tmp_path: Path) -> None:
 
 
 def test_suite_lookup_errors(tmp_path: Path) -> None:
-    bundled = (r"\(bundled: exploding, exploding-fashion, fashion, fashion-short, libraries, paper, paper-inverse, "
-               r"quick, quick-gpu; ")
+    bundled = (r"\(bundled: exploding, exploding-fashion, fashion, fashion-short, gpu-check, libraries, paper, "
+               r"paper-inverse, quick, quick-gpu; ")
     with pytest.raises(SuiteError, match=r"^unknown suite 'quik'; did you mean quick, quick-gpu\? " + bundled):
         load_suite("quik", KNOWN)
     with pytest.raises(FileNotFoundError, match="suite file not found"):
