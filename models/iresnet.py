@@ -71,6 +71,40 @@ def newton_fits(shape: Sequence[int]) -> bool:
     return len(shape) == 1 and shape[0] <= NEWTON_MAX_DIM
 
 
+class ChainVJP:
+    """The vector-Jacobian product of ``g = W_L phi(... phi(W_1 x))`` on vectors from its saved factors, and its full
+    Jacobian from the same factors.
+
+    ``weights``: the L normalised weights ``W_i``: (out, in) (biases do not enter); ``derivs``: the L - 1 activation
+    derivatives ``phi'(a_i)``: (B, hidden) at the evaluated points. ``J_g = W_L diag(phi'(a_{L-1})) ... W_1``.
+    """
+
+    def __init__(self, weights: Sequence[Tensor], derivs: Sequence[Tensor]) -> None:
+        self.weights = list(weights)
+        self.derivs = list(derivs)
+
+    def __call__(self, v: Tensor) -> Tensor:
+        """``v^T J_g``: (P, B, D) -> (P, B, D); the matrix products and the derivatives broadcast over P."""
+        u = v
+        for i in reversed(range(len(self.weights))):
+            u = u @ self.weights[i]
+            if i > 0:
+                u = u * self.derivs[i - 1]
+        return u
+
+    def jacobian(self) -> Tensor:
+        """``J_g``: (B, D, D) ((1, D, D) for a single layer, the same at every point), row ``i`` the product for the
+        unit vector ``e_i``: what :meth:`__call__` gives on the basis, bit for bit (``e_i^T W_L`` is row ``i`` of
+        ``W_L``), without that first product: the rows of ``W_L`` times the last derivatives start the chain."""
+        last = self.weights[-1]
+        if not self.derivs:
+            return last.expand(1, *last.shape)
+        u = last.unsqueeze(1) * self.derivs[-1]  # (D, B, hidden)
+        for i in reversed(range(1, len(self.weights) - 1)):
+            u = (u @ self.weights[i]) * self.derivs[i - 1]
+        return (u @ self.weights[0]).transpose(0, 1)
+
+
 class ResidualNet(nn.Module):
     """The contractive branch ``g``: (B, *shape) -> (B, *shape), ``Lip(g) <= coeff ** len(layers)``.
 
@@ -143,7 +177,8 @@ class ResidualNet(nn.Module):
 
         ``x``: (B, *shape) -> (``g(x)``: (B, *shape), ``vjp``) with ``vjp(v) = v^T J_g(x)`` for ``v``: (P, B, *shape).
         ``"analytic"``: ``v -> W_1^T(phi'(a_1) * W_2^T(phi'(a_2) * W_3^T v))`` through the saved derivatives, an
-        ordinary differentiable expression (its gradient needs no double backward); ``"autograd"``: repeated
+        ordinary differentiable expression (its gradient needs no double backward; for vectors a :class:`ChainVJP`,
+        which also gives the full Jacobian from the same factors); ``"autograd"``: repeated
         ``torch.autograd.grad`` on the one graph, ``create_graph=True`` whenever grad mode is on.
         """
         if mode == "autograd":
@@ -156,14 +191,8 @@ class ResidualNet(nn.Module):
                 h, d = self._act(i).value_and_derivative(h)
                 derivs.append(d)
         batch, shape = x.shape[0], tuple(x.shape[1:])
-
-        def vjp_linear(v: Tensor) -> Tensor:  # (P, B, D): matmul and the derivatives broadcast over P
-            u = v
-            for i in reversed(range(len(weights))):
-                u = u @ weights[i]
-                if i > 0:
-                    u = u * derivs[i - 1]
-            return u
+        if len(shape) == 1:
+            return h, ChainVJP(weights, derivs)
 
         def vjp_conv(v: Tensor) -> Tensor:  # (P, B, C, H, W): convolutions need a 4-D batch
             p = v.shape[0]
@@ -175,7 +204,7 @@ class ResidualNet(nn.Module):
                     u = (u.reshape(p, *d.shape) * d).reshape(p * batch, *d.shape[1:])
             return u.reshape(p, batch, *shape)
 
-        return h, (vjp_linear if len(shape) == 1 else vjp_conv)
+        return h, vjp_conv
 
     def _linearize_autograd(self, x: Tensor, weights: list[Tensor]) -> tuple[Tensor, VJP]:
         x_in = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -95,7 +95,13 @@ def jacobian_by_replicas(fn: Map, x: Tensor, *, create_graph: bool = False) -> t
 def jacobian_from_vjp(vjp: Map, x: Tensor) -> Tensor:
     """The full per-example Jacobian ``J(x)``: (B, D, D) of a square map from its vector-Jacobian product
     ``vjp(v) = v^T J(x)``, batched over a leading probe axis ((P, B, *shape) -> (P, B, *shape)), at ``x``: (B, *shape):
-    one call on the D unit vectors (row ``i`` of ``J`` is ``e_i^T J``). Differentiable where ``vjp`` is."""
+    one call on the D unit vectors (row ``i`` of ``J`` is ``e_i^T J``). Differentiable where ``vjp`` is. A ``vjp`` with
+    a ``jacobian()`` method (:class:`models.iresnet.ChainVJP`, which knows the Jacobian's factors) gives it directly,
+    without the product against the unit vectors."""
+    direct = getattr(vjp, "jacobian", None)
+    if callable(direct):
+        jac: Tensor = direct()
+        return jac.expand(x.shape[0], *jac.shape[1:])
     b, d = x.shape[0], math.prod(x.shape[1:])
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
     basis = eye[:, None, :].expand(d, b, d).reshape(d, b, *x.shape[1:])

@@ -20,7 +20,7 @@ from bench.suite import SuiteError, parse_suite, validate_names
 from models.activations import ELU, LipSwish
 from models.actnorm import ActNorm
 from models.base import InverseSettings
-from models.iresnet import IResNetNative, ResFlowNative, ResidualBlock, ResidualFlow, ResidualNet
+from models.iresnet import ChainVJP, IResNetNative, ResFlowNative, ResidualBlock, ResidualFlow, ResidualNet
 from models.jacobian import jacobian_from_vjp, jacobian_slogdet
 from models.logdet_estimators import (
     EstimatorSettings,
@@ -275,6 +275,38 @@ def test_series_on_the_explicit_jacobian_equals_the_series_through_the_network(n
     assert value_net.abs().max() > 1e-2 and grad_net.norm() > 1e-2
     torch.testing.assert_close(value_mat, value_net, atol=1e-12, rtol=1e-10)
     torch.testing.assert_close(grad_mat, grad_net, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("hidden_layers", [1, 2, 3])
+@pytest.mark.parametrize("activation", ["elu", "lipswish"])
+def test_chain_jacobian_is_the_vjp_on_the_unit_vectors(hidden_layers: int, activation: str) -> None:
+    """:meth:`ChainVJP.jacobian` (what :func:`jacobian_from_vjp` uses for vector blocks) equals the vjp applied to
+    the unit vectors bit for bit, and autograd's Jacobian of ``g``; its gradients by the parameters equal theirs (to
+    rounding: the sums run in another order)."""
+    torch.manual_seed(4)
+    d, batch = 3, 5
+    net = ResidualNet((d,), 7, 0.8, activation, hidden_layers=hidden_layers).double()
+    saturate(net)
+    x = torch.randn(batch, d, dtype=torch.float64)
+    weights = net.weights(update=False)
+    _, vjp = net.linearize(x, weights)
+    assert isinstance(vjp, ChainVJP)
+    basis = torch.eye(d, dtype=torch.float64)[:, None, :].expand(d, batch, d)
+    by_products = vjp(basis).transpose(0, 1)
+    direct = jacobian_from_vjp(vjp, x)
+    assert direct.shape == (batch, d, d) and torch.equal(direct, by_products)
+    reference = torch.stack([torch.autograd.functional.jacobian(lambda u: net.evaluate(u[None], weights)[0], xi)
+                             for xi in x])
+    torch.testing.assert_close(direct, reference, atol=1e-12, rtol=1e-10)
+    params = list(net.parameters())
+    probe = torch.randn(batch, d, d, dtype=torch.float64)
+    grads = [torch.autograd.grad((jac * probe).sum(), params, retain_graph=True, allow_unused=True)
+             for jac in (direct, by_products)]
+    for a, b in zip(*grads, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None and b is not None:
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    assert any(g is not None and g.abs().max() > 1e-3 for g in grads[0])
 
 
 def test_block_logdet_takes_the_explicit_jacobian_only_below_terms_times_probes(monkeypatch: pytest.MonkeyPatch
