@@ -55,8 +55,8 @@ from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, Spectral
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
 
 InitMode = Literal["lazy", "force", "never"]
-#: The largest vector dimension for which ``solver = "newton"`` is accepted: each step costs D vector-Jacobian
-#: products and a (B, D, D) solve.
+#: The largest vector dimension for which ``solver = "newton"`` is accepted: each step builds the (B, D, D) Jacobian
+#: (D rows through the block's chain, :meth:`ChainVJP.jacobian`) and solves with it.
 NEWTON_MAX_DIM = 16
 #: ``solver = "auto"`` runs plain iteration this many steps at a time ...
 AUTO_PROBE = 2

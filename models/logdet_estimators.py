@@ -4,7 +4,7 @@ All work from a vector-Jacobian product ``vjp(v) = v^T J_g(x)`` batched over pro
 (P, B, *shape), built once per forward from one evaluation of ``g`` (:meth:`models.iresnet.ResidualNet.linearize`),
 so the terms reuse one graph. Result shapes are (B,).
 
-- ``exact``: ``log|det(I + J_g)|`` from the full Jacobian (D vjps against the basis vectors), small D only.
+- ``exact``: ``log|det(I + J_g)|`` from the full Jacobian (:func:`models.jacobian.jacobian_from_vjp`), small D only.
 - ``series`` (Behrmann et al., "Invertible Residual Networks", ICML 2019, sec. 4):
   ``log det(I + J) = sum_{k>=1} (-1)^{k+1} tr(J^k) / k``, truncated after ``n`` terms, each trace by Hutchinson's
   estimator ``tr(A) ~ v^T A v`` with Gaussian or Rademacher probes ``v``; biased by the truncation.
@@ -17,9 +17,9 @@ so the terms reuse one graph. Result shapes are (B,).
   differentiable vjp, so the memory does not grow with the number of terms.
 
 For vectors of at most ``terms x probes`` dimensions (a 2-D density), :func:`block_logdet` first builds the full
-Jacobian from D vjps in one call and runs the series on it (:func:`matrix_series`: a (D, D) product per term
-instead of a pass through the network): the same estimate from the same probes, for D network products instead of
-``terms x probes``.
+Jacobian (:func:`models.jacobian.jacobian_from_vjp`: D rows through the network in one call) and runs the series on
+it (:func:`matrix_series`: a (D, D) product per term instead of a pass through the network): the same estimate from
+the same probes, for D rows through the network instead of ``terms x probes``.
 
 The settings of all of them are one :class:`models.base.EstimatorSettings` (part of the model contract).
 """
@@ -131,7 +131,8 @@ def neumann_series(vjp: VJP, v: Tensor, weights: Sequence[float]) -> Tensor:
 
 
 def exact_logdet(vjp: VJP, x: Tensor) -> Tensor:
-    """``log|det(I + J_g)|`` from the full Jacobian: D vjps against basis vectors. ``x``: (B, *shape) -> (B,)."""
+    """``log|det(I + J_g)|`` from the full Jacobian (:func:`models.jacobian.jacobian_from_vjp`). ``x``: (B, *shape)
+    -> (B,)."""
     jac = jacobian_from_vjp(vjp, x)  # (B, D, D)
     return torch.linalg.slogdet(torch.eye(jac.shape[1], dtype=x.dtype, device=x.device) + jac)[1]
 
