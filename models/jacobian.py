@@ -28,14 +28,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 Map = Callable[[Tensor], Tensor]
 
-__all__ = ["JacobianProducts", "LanczosResult", "Map", "batch_jacobian", "jacobian_by_replicas", "jacobian_from_vjp",
-           "jacobian_singular_values", "jacobian_slogdet", "lanczos_extremes", "power_sigma_max", "power_sigma_min"]
+__all__ = ["FactoredVJP", "JacobianProducts", "LanczosResult", "Map", "batch_jacobian", "jacobian_by_replicas",
+           "jacobian_from_vjp", "jacobian_singular_values", "jacobian_slogdet", "lanczos_extremes", "power_sigma_max",
+           "power_sigma_min"]
+
+
+@runtime_checkable
+class FactoredVJP(Protocol):
+    """A vector-Jacobian product that also knows its full Jacobian (:class:`models.iresnet.ChainVJP`)."""
+
+    def __call__(self, v: Tensor) -> Tensor: ...
+
+    def jacobian(self) -> Tensor:
+        """(B, D, D), or (1, D, D) when it is the same at every point."""
+        ...
 
 
 # ----------------------------------------------------------------------------------------- full Jacobian
@@ -95,12 +108,11 @@ def jacobian_by_replicas(fn: Map, x: Tensor, *, create_graph: bool = False) -> t
 def jacobian_from_vjp(vjp: Map, x: Tensor) -> Tensor:
     """The full per-example Jacobian ``J(x)``: (B, D, D) of a square map from its vector-Jacobian product
     ``vjp(v) = v^T J(x)``, batched over a leading probe axis ((P, B, *shape) -> (P, B, *shape)), at ``x``: (B, *shape):
-    one call on the D unit vectors (row ``i`` of ``J`` is ``e_i^T J``). Differentiable where ``vjp`` is. A ``vjp`` with
-    a ``jacobian()`` method (:class:`models.iresnet.ChainVJP`, which knows the Jacobian's factors) gives it directly,
+    one call on the D unit vectors (row ``i`` of ``J`` is ``e_i^T J``). Differentiable where ``vjp`` is. A
+    :class:`FactoredVJP` (:class:`models.iresnet.ChainVJP`, which knows the Jacobian's factors) gives it directly,
     without the product against the unit vectors."""
-    direct = getattr(vjp, "jacobian", None)
-    if callable(direct):
-        jac: Tensor = direct()
+    if isinstance(vjp, FactoredVJP):
+        jac = vjp.jacobian()
         return jac.expand(x.shape[0], *jac.shape[1:])
     b, d = x.shape[0], math.prod(x.shape[1:])
     eye = torch.eye(d, dtype=x.dtype, device=x.device)
