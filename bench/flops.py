@@ -31,7 +31,7 @@ from torch.utils.module_tracker import ModuleTracker
 
 #: the counter named in rows' extra
 COUNTER = "torch.utils.flop_counter.FlopCounterMode"
-#: what the counter counts, for rows' extra and the README
+#: what :data:`COUNTER` counts, for the report's FLOP footnote (rows name the counter, not this text)
 COUNTS = ("matrix products and convolutions only (mm, addmm, bmm, baddbmm, convolution, attention; 2 FLOPs per "
           "multiply-add): elementwise ops, activations, splines, reductions, slogdet and solves count zero")
 
@@ -72,8 +72,9 @@ def flops_per_example(call: Callable[[], object], batch: int) -> float:
 
 
 def flop_extra(batch: int, **more: Any) -> dict[str, Any]:
-    """The ``extra`` of a FLOP row: the counter, what it counts, the batch the count was divided by, ``more``."""
-    return {"counter": COUNTER, "counts": COUNTS, "batch": int(batch), **more}
+    """The ``extra`` of a FLOP row: the counter (:data:`COUNTER`; what it counts is :data:`COUNTS`), the batch the
+    count was divided by, ``more``."""
+    return {"counter": COUNTER, "batch": int(batch), **more}
 
 
 def trainable_parameters(model: nn.Module) -> int:

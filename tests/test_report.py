@@ -29,6 +29,8 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.flops import COUNTER, COUNTS
+from bench.report.annotate import report_tables
 from bench.report.plots import PLOT_KINDS, grid_of, tile
 from bench.report.references import (
     REFERENCE_STATUSES,
@@ -445,3 +447,17 @@ def test_readme_names_every_session_of_a_resumed_run(tmp_path: Path) -> None:
     text = (write_report(run, tmp_path / "report") / "README.md").read_text()
     assert ("```\ninvbench run --tasks likelihood --out runs/q\n"
             "invbench run --tasks cost --out runs/q --resume\n```") in text
+
+
+@pytest.mark.parametrize(("extra", "note"), [
+    ({"counter": COUNTER, "batch": 4}, f"FLOPs counted by {COUNTER}: {COUNTS}."),
+    ({"counter": "my.Counter", "counts": "every op"}, "FLOPs counted by my.Counter: every op."),
+])
+def test_the_flop_footnote_says_what_the_rows_counter_counts(extra: dict[str, Any], note: str) -> None:
+    """Rows name their counter; the footnote under a FLOP table spells out what that counter counts (the
+    :data:`bench.flops.COUNTS` text for ours, a row's own ``counts`` for another)."""
+    rows = [Row("r", "s", "a-x", "cost", "moons", seed, "flops_forward", 10.0, "FLOPs/example", "down", extra=extra)
+            for seed in (0, 1)]
+    (table,) = report_tables(rows)
+    assert table.footnotes == [note]
+    assert note in to_markdown(table)

@@ -28,6 +28,7 @@ from typing import Any
 
 import pandas as pd
 
+from bench.flops import COUNTER, COUNTS
 from bench.report.bootstrap import seed_interval
 from bench.report.tables import (
     CELL_KEY,
@@ -189,10 +190,16 @@ def mark_estimator_bias(table: Table, df: pd.DataFrame) -> None:
 
 
 def _flop_note(df: pd.DataFrame, table: Table) -> str:
-    """What the FLOP columns count: the rows' ``extra["counter"]`` / ``extra["counts"]`` where given."""
+    """What the FLOP columns count: :data:`bench.flops.COUNTS` for rows whose ``extra["counter"]`` is
+    :data:`bench.flops.COUNTER`, a row's own ``extra["counts"]`` for another counter (older runs carry it too)."""
     sub = df[(df["task"] == table.task) & (df["dataset"] == table.dataset) & df["metric"].isin(list(FLOP_METRICS))]
     for extra in sub["extra"]:
-        if isinstance(extra, dict) and isinstance(extra.get("counts"), str) and extra["counts"]:
-            counter = str(extra.get("counter") or "torch.utils.flop_counter.FlopCounterMode")
-            return f"FLOPs counted by {counter}: {extra['counts']}."
+        if not isinstance(extra, dict):
+            continue
+        counter = str(extra.get("counter") or COUNTER)
+        counts = extra.get("counts")
+        if isinstance(counts, str) and counts:
+            return f"FLOPs counted by {counter}: {counts}."
+        if counter == COUNTER:
+            return f"FLOPs counted by {COUNTER}: {COUNTS}."
     return FLOP_NOTE

@@ -621,14 +621,15 @@ ROW_FIELDS: tuple[str, ...] = ("run_id", "suite", "model", "family", "task", "da
 
 def rows_frame(rows: Iterable[Row], record: dict[str, Any] | None = None) -> pd.DataFrame:
     """Every row as a flat record (tidy data), columns :data:`ROW_FIELDS`: the family added, ``settings`` as
-    canonical JSON (empty for none), ``value`` as repr (``nan`` kept, empty for none), ``extra`` as JSON."""
+    canonical JSON (empty for none), ``value`` as repr (``nan`` kept, empty for none), ``extra`` as compact JSON
+    (sorted keys, no spaces after separators)."""
     df = frame(rows)
     out = df.copy()
     out["family"] = [family_of(m, record) for m in df["model"]]
     out["settings"] = df["settings_key"]
     out["value"] = [_csv_num(v) if h else "" for v, h in zip(df["value"], df["has_value"], strict=True)]
     out["direction"] = df["direction"].fillna("")
-    out["extra"] = [json.dumps(e, sort_keys=True, default=str) for e in df["extra"]]
+    out["extra"] = [json.dumps(e, sort_keys=True, default=str, separators=(",", ":")) for e in df["extra"]]
     return out[list(ROW_FIELDS)]
 
 

@@ -16,7 +16,8 @@
   ``forward_throughput``: an estimator's vector-Jacobian products are counted) and of one inverse (every
   iteration of a fixed-point inverse; ``extra["iterations"]``), on the same test batch, counted by
   :mod:`bench.flops` (``torch.utils.flop_counter.FlopCounterMode``). Matrix products and convolutions only:
-  splines, activations, slogdet and solves count zero (``extra["counts"]``). Deterministic for a given model and
+  splines, activations, slogdet and solves count zero (``bench.flops.COUNTS``; ``extra["counter"]`` names the
+  counter). Deterministic for a given model and
   batch, except for a Russian-roulette log-det, whose forward count is one draw of its random number of terms
   (``extra["estimator"]``).
 - ``memory_depth_ratio`` (memory-saving models whose config has ``depth``): saved bytes at the largest
