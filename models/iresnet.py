@@ -49,7 +49,7 @@ from models.base import (
     VjpKind,
 )
 from models.fixed_point import ErrorBound, SolveResult, anderson, fixed_point, ieee_fp32, newton, stalled
-from models.jacobian import jacobian_from_vjp
+from models.jacobian import FactoredVJP, jacobian_from_vjp
 from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
@@ -71,7 +71,7 @@ def newton_fits(shape: Sequence[int]) -> bool:
     return len(shape) == 1 and shape[0] <= NEWTON_MAX_DIM
 
 
-class ChainVJP:
+class ChainVJP(FactoredVJP):
     """The vector-Jacobian product of ``g = W_L phi(... phi(W_1 x))`` on vectors from its saved factors, and its full
     Jacobian from the same factors.
 
