@@ -128,6 +128,9 @@ class InverseInfo:
             batch of the per-example 2-norm, so also a bound on the max-abs error), from the blocks' Lipschitz
             constants (a-posteriori Banach bounds composed over the blocks); None where the model gives none.
         per_block_bound: each block's bound on the error its own solve added, in inversion order.
+        stop: what the solves stopped on: ``"error"`` (the certified bound) or ``"residual"`` (asked for, or the
+            fallback of an ``"error"`` stop where a block is not a certified contraction); None for analytic
+            inverses and models that do not say.
     """
 
     iterations: int = 0
@@ -137,6 +140,7 @@ class InverseInfo:
     history: list[float] = field(default_factory=list)
     error_bound: float | None = None
     per_block_bound: list[float] = field(default_factory=list)
+    stop: StopKind | None = None
 
 
 def _check_literal(name: str, value: Any, kind: Any) -> None:

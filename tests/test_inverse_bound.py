@@ -104,6 +104,7 @@ def test_bounds_hold_on_trained_models(cls: type[ResidualFlow], coeff: float) ->
             model.configure_inverse(dataclasses.replace(model.inverse_settings(), stop=stop, tol=tol))
             x_rec = model.inverse(z.to(dtype))
             info = model.last_inverse
+            assert info.stop == stop
             assert info.error_bound is not None and len(info.per_block_bound) == len(model.blocks)
             error = float((x_rec.double() - x_star).reshape(x.shape[0], -1).norm(dim=1).max())
             assert error <= info.error_bound, (dtype, stop, error, info.error_bound)
@@ -122,3 +123,29 @@ def test_bounds_hold_on_trained_models(cls: type[ResidualFlow], coeff: float) ->
         assert res.error_bound is not None and res.converged
         own = float((x_i.double() - pairs[2 * i + 1]).norm(dim=1).max())
         assert own <= res.error_bound * (1 + 1e-6) + 1e-12, (i, own, res.error_bound)
+
+
+def test_an_error_stop_without_a_certificate_falls_back_to_a_tight_residual_stop(monkeypatch: pytest.MonkeyPatch
+                                                                                  ) -> None:
+    """A block whose Lipschitz bound is not below 1 (as spectral normalisation with one power step per training
+    forward can leave one) has no certificate: ``stop = "error"`` then holds every solve to the residual stop at
+    ``min(tol, 1e-6)`` in float32, not at the error budget's 1e-4, reports ``stop = "residual"`` and no bound, and
+    still delivers the default error budget."""
+    model, x = trained(IResNetNative, 0.9)
+    z = model(x)[0].detach()
+    first = model.blocks[-1]  # inverted first
+    assert isinstance(first, ResidualBlock)
+    monkeypatch.setattr(first.net, "lipschitz", lambda: 1.02)
+    assert model.error_amplification() is None
+    settings = dataclasses.replace(model.inverse_settings(), stop="error", tol=None)
+    model.configure_inverse(settings)
+    x_rec = model.inverse(z)
+    info = model.last_inverse
+    assert info.stop == "residual" and info.error_bound is None and not info.per_block_bound and info.converged
+    assert float((x_rec - x).abs().max()) <= 1e-4
+    assert info.residual <= 1e-6 * (1 + float(x_rec.abs().max()))
+    # a residual stop at the error budget itself stops earlier, at a residual above what the fallback asks
+    model.configure_inverse(dataclasses.replace(settings, stop="residual", tol=1e-4))
+    model.inverse(z)
+    assert sum(model.last_inverse.per_block) < sum(info.per_block)
+    assert model.last_inverse.residual > 1e-6 * (1 + float(x_rec.abs().max()))

@@ -5,7 +5,8 @@ Inverse cost in forward-pass units (DESIGN.md): the median over alternating roun
 (:func:`bench.timing.time_ratio`). Beside it: the iterations the inverse used (``model.last_inverse``;
 0 for analytic inverses) and the reconstruction error ``max |f^-1(f(x)) - x|`` on test data in float32,
 the model as trained, with the model's certified bound on the inverse's own error where it gives one
-(``extra["error_bound"]``, :attr:`models.base.InverseInfo.error_bound`). For iterative inverses (Behrmann et al.,
+(``extra["error_bound"]``, :attr:`models.base.InverseInfo.error_bound`) and the stop its solves used
+(``extra["stop"]``, :attr:`models.base.InverseInfo.stop`). For iterative inverses (Behrmann et al.,
 "Invertible Residual Networks", ICML 2019: fixed-point iteration ``x_{k+1} = y - g(x_k)`` with error
 ``<= c^k``) the curve of reconstruction error and cost against iteration caps 1, 2, 4, ... is stored in
 ``extra`` of ``recon_err``.
@@ -166,10 +167,13 @@ class InverseCostTask(Task):
     @staticmethod
     def _bounds(info: InverseInfo) -> dict[str, Any]:
         """The model's certified bound on the inverse's error beside the measured one (``InverseInfo.error_bound``,
-        2-norm per example, composed over blocks; ``per_block_bound``: each block's own), where it gives one."""
-        if info.error_bound is None:
-            return {}
-        return {"error_bound": info.error_bound, "per_block_bound": list(info.per_block_bound)}
+        2-norm per example, composed over blocks; ``per_block_bound``: each block's own), where it gives one, and
+        the stop its solves used (``InverseInfo.stop``: ``"residual"`` also where an error stop had no certificate),
+        where it says."""
+        out: dict[str, Any] = {} if info.stop is None else {"stop": info.stop}
+        if info.error_bound is not None:
+            out.update(error_bound=info.error_bound, per_block_bound=list(info.per_block_bound))
+        return out
 
     @staticmethod
     def _flop_units(inverse: Callable[[], None], forward: Callable[[], None], n: int, status: str,
