@@ -117,7 +117,8 @@ REFERENCES: tuple[Reference, ...] = (
     Reference("Residual Flow settings", "resflow", None, None,
               "c = 0.98; 2 exact terms + Poisson(2) tail in training, 20 exact terms in evaluation; 1 Gaussian "
               "probe; Neumann gradient; inverse atol = rtol = 1e-5, at most 1000 iterations; LipSwish; batch 64, "
-              "Adam 1e-3", RESFLOW_CODE, "[code]"),
+              "Adam 1e-3; spectral norm by power iteration to atol = rtol = 1e-3 (at most 20000 steps) in every "
+              "training forward, after every optimizer step and before validation", RESFLOW_CODE, "[code]"),
     Reference("Exploding inverses setup", "glow", None, None,
               "Glow L=3, K=32, hidden 512; affine scale sigmoid(h+2)+0.01 vs additive; checkpoints 0-100k "
               "iterations; OOD: clipped Gaussian, uniform, Rademacher noise; FD regulariser eps 0.1, coefficient "
