@@ -115,6 +115,7 @@ class ResidualNet(nn.Module):
         activation: ``"elu"`` or ``"lipswish"``.
         hidden_layers: number of hidden layers (``hidden_layers + 1`` weight layers).
         n_power_iterations: power-iteration steps per training forward.
+        sn_tol: power iteration to this tolerance instead (:class:`models.spectral_norm.SpectralNormLayer`).
         weight_gain: every layer's weight is ``weight_gain * weight`` before normalisation
             (:class:`models.spectral_norm.SpectralNormLayer`), so Adam's step on it is ``weight_gain`` times larger.
         init_at_bound: rescale every layer to ``||W||_2 = coeff`` at construction
@@ -122,7 +123,8 @@ class ResidualNet(nn.Module):
     """
 
     def __init__(self, shape: Sequence[int], hidden: int, coeff: float, activation: str, hidden_layers: int = 2,
-                 n_power_iterations: int = 1, weight_gain: float = 1.0, init_at_bound: bool = False) -> None:
+                 n_power_iterations: int = 1, weight_gain: float = 1.0, init_at_bound: bool = False,
+                 sn_tol: float | None = None) -> None:
         super().__init__()
         self.shape = tuple(shape)
         widths = [self.shape[0]] + [hidden] * hidden_layers + [self.shape[0]]
@@ -130,12 +132,12 @@ class ResidualNet(nn.Module):
         for i in range(len(widths) - 1):
             if len(self.shape) == 1:
                 layers.append(SpectralNormLinear(widths[i], widths[i + 1], coeff, n_power_iterations,
-                                                 gain=weight_gain))
+                                                 gain=weight_gain, tol=sn_tol))
             else:
                 kernel = 3 if i in (0, len(widths) - 2) else 1
                 hw = (self.shape[1], self.shape[2])
                 layers.append(SpectralNormConv2d(widths[i], widths[i + 1], kernel, hw, coeff, n_power_iterations,
-                                                 gain=weight_gain))
+                                                 gain=weight_gain, tol=sn_tol))
             if init_at_bound:
                 layers[-1].rescale_to_bound()
         self.layers = nn.ModuleList(layers)
@@ -306,6 +308,9 @@ class ResidualFlow(InvertibleModel):
         actnorm: put an ActNorm before every block.
         squeeze: space-to-depth steps for images (``None``: one if height and width are even).
         n_power_iterations: spectral-norm power-iteration steps per training forward.
+        sn_tol: instead of ``n_power_iterations`` steps, power iteration to this tolerance in every training forward
+            and when the model leaves training mode (the Residual Flows code's practice, ``--sn-tol 1e-3``;
+            :class:`models.spectral_norm.SpectralNormLayer`); None: the steps.
         weight_gain: each layer uses ``weight_gain * weight`` (an equalised-learning-rate parametrisation, Karras et
             al., ICLR 2018): Adam moves each entry of ``weight`` by about ``lr``, so the step on the layer's weight
             is ``weight_gain`` times larger; 1 is the plain parametrisation.
@@ -342,7 +347,8 @@ class ResidualFlow(InvertibleModel):
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
                  hidden_layers: int = 2, coeff: float = 0.9, activation: str = "elu", actnorm: bool = True,
                  squeeze: int | None = None, n_power_iterations: int = 1, weight_gain: float = 1.0,
-                 init_at_bound: bool = False, method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2,
+                 init_at_bound: bool = False, sn_tol: float | None = None,
+                 method: EstimatorMethod = "series", terms: int = 5, exact_terms: int = 2,
                  probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric", tail_param: float = 0.5,
                  max_terms: int = 100, neumann_grad: bool = False, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "auto", inverse_tol: float | None = None,
@@ -351,6 +357,8 @@ class ResidualFlow(InvertibleModel):
             raise ValueError("depth, hidden and hidden_layers must be >= 1")
         if weight_gain <= 0:
             raise ValueError(f"weight_gain must be positive, got {weight_gain}")
+        if sn_tol is not None and not sn_tol > 0:
+            raise ValueError(f"sn_tol must be positive or None, got {sn_tol}")
         settings = EstimatorSettings(method=method, terms=terms, exact_terms=exact_terms, probes=probes, probe=probe,
                                      tail=tail, tail_param=tail_param, max_terms=max_terms,
                                      neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed)
@@ -359,6 +367,7 @@ class ResidualFlow(InvertibleModel):
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
                          n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
+                         sn_tol=sn_tol,
                          **settings.as_dict(), **_inverse_hparams(solve))
         self.settings = settings
         self._check_solver(solve)
@@ -369,7 +378,7 @@ class ResidualFlow(InvertibleModel):
             [ActNorm(self.inner_shape[0]) if actnorm else nn.Identity() for _ in range(depth)])
         self.blocks = nn.ModuleList([
             ResidualBlock(ResidualNet(self.inner_shape, hidden, coeff, activation, hidden_layers, n_power_iterations,
-                                      weight_gain, init_at_bound))
+                                      weight_gain, init_at_bound, sn_tol))
             for _ in range(depth)])
         assert self.num_classes is not None
         self.head = nn.Linear(self.dim, self.num_classes)
@@ -581,7 +590,8 @@ class ResFlowNative(ResidualFlow):
     def __init__(self, shape: Sequence[int], num_classes: int | None = None, depth: int = 4, hidden: int = 64,
                  hidden_layers: int = 2, coeff: float = 0.98, activation: str = "lipswish", actnorm: bool = True,
                  squeeze: int | None = None, n_power_iterations: int = 1, weight_gain: float = 1.0,
-                 init_at_bound: bool = False, method: EstimatorMethod = "roulette", terms: int = 5,
+                 init_at_bound: bool = False, sn_tol: float | None = None,
+                 method: EstimatorMethod = "roulette", terms: int = 5,
                  exact_terms: int = 2, probes: int = 1, probe: ProbeKind = "gaussian", tail: TailKind = "geometric",
                  tail_param: float = 0.5, max_terms: int = 100, neumann_grad: bool = True, vjp: VjpKind = "analytic",
                  eval_seed: int | None = None, solver: SolverKind = "auto", inverse_tol: float | None = None,
@@ -589,6 +599,7 @@ class ResFlowNative(ResidualFlow):
         super().__init__(shape, num_classes, depth=depth, hidden=hidden, hidden_layers=hidden_layers, coeff=coeff,
                          activation=activation, actnorm=actnorm, squeeze=squeeze,
                          n_power_iterations=n_power_iterations, weight_gain=weight_gain, init_at_bound=init_at_bound,
+                         sn_tol=sn_tol,
                          method=method, terms=terms, exact_terms=exact_terms,
                          probes=probes, probe=probe, tail=tail, tail_param=tail_param, max_terms=max_terms,
                          neumann_grad=neumann_grad, vjp=vjp, eval_seed=eval_seed, solver=solver,

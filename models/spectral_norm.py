@@ -10,7 +10,11 @@ each entry of ``weight`` by about ``lr`` per step, so ``gain`` multiplies the st
 ``sigma`` is estimated by power iteration with persistent vectors ``u``, ``v`` (buffers): in training mode each
 forward does ``n_power_iterations`` steps and stores them; in eval mode the stored vectors are used unchanged,
 so evaluation is deterministic. Power iteration gives ``sigma_est <= sigma``, so the bound holds up to the
-iteration's convergence; ``init_iterations`` steps are run at construction.
+iteration's convergence; ``init_iterations`` steps are run at construction. With a tolerance ``tol`` the iteration
+runs to convergence instead, as the Residual Flows code does (Chen et al., NeurIPS 2019; rtqichen/residual-flows,
+``--sn-tol 1e-3``): in every training forward, and once more when the layer leaves training mode (their
+``update_lipschitz`` before validation), each time until ``u`` and ``v`` change by at most ``tol (1 + max |.|)`` in
+root-mean-square, at most :data:`TOL_MAX_ITERATIONS` steps.
 
 For a convolution the operator is the convolution *with its padding at the actual input size*, not the
 reshaped kernel matrix: power iteration runs through ``conv2d`` and its adjoint ``conv_transpose2d`` on
@@ -25,6 +29,8 @@ from torch import Tensor, nn
 
 #: power-iteration steps of :meth:`SpectralNormConv2d.operator_norm`
 NORM_ITERATIONS = 200
+#: the most power-iteration steps one convergence to ``tol`` takes (the Residual Flows code allows 20000)
+TOL_MAX_ITERATIONS = 1000
 
 
 def _normalize(t: Tensor, eps: float = 1e-12) -> Tensor:
@@ -42,12 +48,17 @@ class SpectralNormLayer(nn.Module):
     u: Tensor
     v: Tensor
 
-    def __init__(self, coeff: float, n_power_iterations: int, init_iterations: int, gain: float = 1.0) -> None:
+    def __init__(self, coeff: float, n_power_iterations: int, init_iterations: int, gain: float = 1.0,
+                 tol: float | None = None) -> None:
         super().__init__()
         if coeff <= 0:
             raise ValueError(f"coeff must be positive, got {coeff}")
         if gain <= 0:
             raise ValueError(f"gain must be positive, got {gain}")
+        if tol is not None and not tol > 0:
+            raise ValueError(f"the power-iteration tolerance must be positive or None, got {tol}")
+        #: power iteration to convergence at this tolerance instead of ``n_power_iterations`` steps (None: steps)
+        self.tol = tol
         self.coeff = float(coeff)
         #: ``(key, value)`` of the last :meth:`operator_norm`
         self._norm_cache: tuple[tuple[tuple[int, torch.dtype, int], ...], float] | None = None
@@ -79,6 +90,39 @@ class SpectralNormLayer(nn.Module):
         self.u.copy_(u)
         self.v.copy_(v)
 
+    def _converged_steps(self, w: Tensor) -> tuple[Tensor, Tensor]:
+        """``(u, v)`` after power-iteration steps from the stored vectors until neither moved by more than
+        ``tol (1 + max |.|)`` in root-mean-square (the Residual Flows code's test with atol = rtol = tol), at least one
+        step and at most :data:`TOL_MAX_ITERATIONS`; ``w`` detached, the buffers left unchanged."""
+        assert self.tol is not None
+        u, v = self.u, self.v
+        for _ in range(TOL_MAX_ITERATIONS):
+            v_new = _normalize(self._adjoint(u, w))
+            u_new = _normalize(self._op(v_new, w))
+            moved = torch.stack([(u_new - u).pow(2).mean().sqrt() / (1 + u_new.abs().amax()),
+                                 (v_new - v).pow(2).mean().sqrt() / (1 + v_new.abs().amax())]).amax()
+            u, v = u_new, v_new
+            if float(moved) <= self.tol:
+                break
+        return u, v
+
+    @torch.no_grad()
+    def converge(self) -> None:
+        """With a tolerance, run power iteration to it and store ``u``, ``v`` (a no-op without one)."""
+        if self.tol is None:
+            return
+        u, v = self._converged_steps(self.weight.detach())
+        self.u.copy_(u)
+        self.v.copy_(v)
+
+    def train(self, mode: bool = True) -> SpectralNormLayer:
+        """Leaving training mode converges the power iteration first where the layer has a tolerance, so that
+        evaluation uses an estimate of ``sigma`` for the weights as they are after the last optimizer step."""
+        if self.training and not mode:
+            self.converge()
+        super().train(mode)
+        return self
+
     def _power_steps(self, w: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
         """``(u, v)`` after ``iterations`` steps ``v <- W^T u / ||.||``, ``u <- W v / ||.||`` from the stored ``u``
         (the stored ``v`` for none); ``w`` detached, the buffers left unchanged."""
@@ -100,7 +144,7 @@ class SpectralNormLayer(nn.Module):
         mode only, :meth:`_iterate_sigma`). Same shape as ``weight``. Outside grad mode the result is kept until
         ``weight``, ``u`` or ``v`` change (:meth:`_key`), so evaluations, inverses and scoring do not recompute it on
         every call."""
-        if update and self.training and self.n_power_iterations > 0:
+        if update and self.training and (self.n_power_iterations > 0 or self.tol is not None):
             return self._scaled(self._iterate_sigma())
         if torch.is_grad_enabled():  # a fresh graph to the weight
             return self._normalized()
@@ -111,13 +155,17 @@ class SpectralNormLayer(nn.Module):
         return cached[1]
 
     def _iterate_sigma(self) -> Tensor:
-        """``n_power_iterations`` power-iteration steps, stored in ``u``, ``v``, and ``sigma`` of the result, the
+        """``n_power_iterations`` power-iteration steps (with a tolerance: the steps to convergence, then one more),
+        stored in ``u``, ``v``, and ``sigma`` of the result, the
         last product ``W v`` taken with a graph to ``weight``: ``sigma = ||W v||``, which is ``u^T W v`` for the new
         ``u = W v / ||W v||`` (what :meth:`sigma` gives right after :meth:`power_iterate`) with the same gradient
         ``u v^T``, one product and three operations fewer. Scalar."""
         weight = self.weight
         w = weight.detach()  # u and v are buffers, so the iteration has no graph without a no_grad block
-        u, _ = self._power_steps(w, self.n_power_iterations - 1)
+        if self.tol is not None:
+            u = self._converged_steps(w)[0]
+        else:
+            u = self._power_steps(w, self.n_power_iterations - 1)[0]
         v = _normalize(self._adjoint(u, w))
         wv = self._op(v, weight)
         norm = torch.linalg.vector_norm(wv)
@@ -180,8 +228,8 @@ class SpectralNormLinear(SpectralNormLayer):
     """``x -> x W_eff^T + b`` with ``||W_eff||_2 <= c``. ``x``: (..., in_features) -> (..., out_features)."""
 
     def __init__(self, in_features: int, out_features: int, coeff: float = 0.9, n_power_iterations: int = 1,
-                 init_iterations: int = 50, gain: float = 1.0) -> None:
-        super().__init__(coeff, n_power_iterations, init_iterations, gain)
+                 init_iterations: int = 50, gain: float = 1.0, tol: float | None = None) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations, gain, tol)
         lin = nn.Linear(in_features, out_features)
         self.weight = nn.Parameter(lin.weight.detach().clone())
         self.bias = nn.Parameter(lin.bias.detach().clone())
@@ -210,8 +258,8 @@ class SpectralNormConv2d(SpectralNormLayer):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, input_hw: tuple[int, int],
                  coeff: float = 0.9, n_power_iterations: int = 1, init_iterations: int = 50,
-                 gain: float = 1.0) -> None:
-        super().__init__(coeff, n_power_iterations, init_iterations, gain)
+                 gain: float = 1.0, tol: float | None = None) -> None:
+        super().__init__(coeff, n_power_iterations, init_iterations, gain, tol)
         if kernel_size % 2 != 1:
             raise ValueError(f"kernel_size must be odd for a size-preserving convolution, got {kernel_size}")
         self.padding = kernel_size // 2

@@ -450,6 +450,83 @@ def test_training_normalisation_equals_power_iteration_then_sigma(layer_kind: st
     torch.testing.assert_close(g_fused, g_ref, atol=1e-12, rtol=1e-10)
 
 
+@pytest.mark.parametrize("layer_kind", ["linear", "conv"])
+def test_power_iteration_to_a_tolerance_finds_the_operator_norm(layer_kind: str) -> None:
+    """With ``tol`` the training forward iterates to convergence (the Residual Flows code's practice): after a
+    weight change that one step leaves 15 % below, sigma matches the operator norm (the largest singular value of
+    the explicit matrix); leaving training mode converges again for the weights as they are then."""
+    torch.manual_seed(7)  # a seed whose top two singular values are apart (at 0.9996 apart 1000 steps do not do)
+    if layer_kind == "linear":
+        layer: SpectralNormLayer = SpectralNormLinear(8, 6, 0.7, init_iterations=2, tol=1e-10).double()
+        one: SpectralNormLayer = SpectralNormLinear(8, 6, 0.7, init_iterations=2).double()
+    else:
+        layer = SpectralNormConv2d(2, 3, 3, (5, 5), 0.7, init_iterations=2, tol=1e-10).double()
+        one = SpectralNormConv2d(2, 3, 3, (5, 5), 0.7, init_iterations=2).double()
+    one.load_state_dict(layer.state_dict())
+
+    def exact(m: SpectralNormLayer) -> float:
+        w = m.weight.detach()
+        if layer_kind == "linear":
+            return float(torch.linalg.matrix_norm(w, ord=2))
+        basis = torch.eye(50, dtype=torch.float64).reshape(50, 2, 5, 5)
+        return float(torch.linalg.matrix_norm(m._op(basis, w).reshape(50, -1), ord=2))
+
+    with torch.no_grad():
+        change = 4 * torch.randn_like(layer.weight)
+        layer.weight.add_(change)
+        one.weight.add_(change)
+    sigma = exact(layer)
+    for m in (layer.train(), one.train()):
+        m.normalized_weight(update=True)
+    assert float(layer.sigma().detach()) == pytest.approx(sigma, rel=1e-9)
+    assert float(one.sigma().detach()) < 0.9 * sigma  # one step from the old vectors is far below
+    with torch.no_grad():
+        layer.weight.mul_(1.5)
+        layer.weight[0].add_(1.0)
+    layer.eval()
+    assert float(layer.sigma().detach()) == pytest.approx(exact(layer), rel=1e-9)
+    with pytest.raises(ValueError, match="tolerance"):
+        SpectralNormLinear(3, 3, tol=0.0)
+
+
+def test_a_model_with_sn_tol_stays_certified_where_one_step_does_not() -> None:
+    """The benchmark's ring setting (4 blocks of 2x64, c = 0.9, 300 Adam steps at lr 5e-3): with one power step per
+    training forward a layer's norm runs past c (the README's spectral-norm finding); with ``sn_tol`` every layer ends
+    at c, so every block is a certified contraction, and the certified inverse stop is used."""
+    from models.base import InverseSettings
+
+    lips = {}
+    for sn_tol in (None, 1e-3):
+        torch.manual_seed(0)
+        gen = torch.Generator().manual_seed(0)
+
+        def ring(n: int, gen: torch.Generator = gen) -> Tensor:
+            angle = torch.randint(0, 8, (n,), generator=gen).to(torch.float32) * (2 * math.pi / 8)
+            return 2 * torch.stack([angle.cos(), angle.sin()], 1) + 0.2 * torch.randn(n, 2, generator=gen)
+
+        model = IResNetNative((2,), coeff=0.9, sn_tol=sn_tol)
+        model.data_init(ring(512))
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+        for _ in range(300):
+            loss = -model.log_prob(ring(128)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        model.eval()
+        lips[sn_tol] = [model._block(b).net.lipschitz() for b in model.blocks]
+        if sn_tol is not None:
+            assert model.config()["sn_tol"] == sn_tol
+            model.configure_inverse(InverseSettings(solver="auto", tol=1e-5, stop="error"))
+            x = ring(256)
+            x_rec, info = model.invert(model.encode(x).detach())
+            assert info.stop == "error" and info.converged and info.error_bound is not None
+            assert float((x_rec - x).abs().max()) <= 1e-5
+    assert max(lips[None]) > 1.0
+    assert max(lips[1e-3]) <= 0.9 ** 3 * (1 + 1e-2)
+    with pytest.raises(ValueError, match="sn_tol"):
+        IResNetNative((2,), sn_tol=-1.0)
+
+
 def test_power_iteration_updates_only_in_training() -> None:
     model = make(IResNetNative, (3,))
     layer = next(m for m in model.modules() if isinstance(m, SpectralNormLinear))
