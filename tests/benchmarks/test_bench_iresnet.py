@@ -16,7 +16,10 @@ printed. FrEIA's layers get the native block's (normalised) weights, so both sid
     loosest residual tolerance (``stop = "residual"``) meeting the error, against FrEIA's fixed 50 iterations on the
     ring; and ``auto`` with the models' default certified stop (``stop = "error"``, ``tol = 1e-5``), with each
     block's certified ``Lip(g)``: not reached where a block is not a certified contraction or its bound stalls at
-    the float32 floor.
+    the float32 floor. The ring model once more, trained with ``sn_tol = 1e-3``: there the certified stop is reached.
+(c) Training step of ``iresnet-native`` against ``realnvp-nflows`` at equal parameter count, and the cost of
+    spectral normalisation to a tolerance (``sn_tol = 1e-3``, the Residual Flows code's practice) against one
+    power step per training forward, with the power steps it took per layer and forward.
 """
 
 from __future__ import annotations
@@ -129,10 +132,10 @@ def _fit(model: IResNetNative, init: Tensor, draw: Callable[[], Tensor], steps: 
     return model.eval()
 
 
-def _train(steps: int) -> IResNetNative:
+def _train(steps: int, sn_tol: float | None = None) -> IResNetNative:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    model = IResNetNative((2,), coeff=0.9, solver="fixed_point")
+    model = IResNetNative((2,), coeff=0.9, solver="fixed_point", sn_tol=sn_tol)
     return _fit(model, _ring(512, gen), lambda: _ring(128, gen), steps, lr=5e-3)
 
 
@@ -268,6 +271,46 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
         assert results[solver]["converged"] and results[solver]["reconstruction_error"] <= 1e-5, solver
 
 
+def test_certified_inverse_after_spectral_norm_to_a_tolerance(benchmark: Any) -> None:
+    """The ring model trained as in (b) but with ``sn_tol = 1e-3``: every block a certified contraction, so the
+    default certified stop (``auto``, ``stop = "error"``, ``tol = 1e-5``) is reached; its forward-pass units against
+    ``auto`` at the loosest residual tolerance giving error <= 1e-5 on the same model."""
+    model = _train(steps=300, sn_tol=1e-3)
+    x = _ring(256, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        z = model.encode(x)
+
+    def forward() -> Tensor:
+        with torch.no_grad():
+            return model.encode(x)
+
+    rows: dict[str, dict[str, Any]] = {}
+    for name, stop, tols in (("certified", "error", (1e-5,)), ("residual", "residual", (1e-4, 3e-5, 1e-5, 3e-6, 1e-6))):
+        for tol in tols:
+            model.configure_inverse(InverseSettings(solver="auto", tol=tol, stop=stop))  # type: ignore[arg-type]
+            x_rec, info = model.invert(z)
+            err = (x_rec - x).abs().max().item()
+            if err <= 1e-5 and info.converged:
+                break
+        stats = time_ratio(lambda: model.inverse(z), forward, rounds=21, max_seconds=20)
+        rows[name] = {"forward_units": stats.median, "iqr": [stats.q25, stats.q75], "tol": tol, "stop": info.stop,
+                      "iterations_per_block": info.per_block, "reconstruction_error": err,
+                      "error_bound": info.error_bound, "converged": info.converged}
+    lips = [model._block(b).net.lipschitz() for b in reversed(model.blocks)]
+    model.configure_inverse(InverseSettings(solver="auto", tol=1e-5, stop="error"))
+    benchmark.pedantic(lambda: model.inverse(z), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"inverse": rows, "block_lipschitz": lips})
+    print("\n[iresnet inverse cost, ring trained with sn_tol = 1e-3, c=0.9, float32, batch 256]; block Lip(g) "
+          + ", ".join(f"{lip:.3f}" for lip in lips))
+    for name, r in rows.items():
+        bound = r["error_bound"]
+        print(f"  auto {name:<10} {r['forward_units']:.2f} forward passes (IQR {r['iqr'][0]:.2f}-{r['iqr'][1]:.2f}), "
+              f"tol {r['tol']:.0e}, stop {r['stop']}, iterations/block {r['iterations_per_block']}, error "
+              f"{r['reconstruction_error']:.1e}, bound {'none' if bound is None else f'{bound:.1e}'}")
+    assert rows["certified"]["stop"] == "error" and rows["certified"]["converged"]
+    assert rows["certified"]["reconstruction_error"] <= 1e-5
+
+
 # ------------------------------------------------------------------------------------------ (c) training step
 @pytest.mark.parametrize("method", ["series", "exact"])
 def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, method: str) -> None:
@@ -305,3 +348,54 @@ def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, metho
     print(f"\n[training step, 2-D ring, batch 256] iresnet-native ({method}, {target} params) / realnvp-nflows "
           f"({matched.hparam} = {matched.value}, {matched.params} params): {stats.median:.2f}x "
           f"(IQR {stats.q25:.2f}-{stats.q75:.2f})")
+
+
+def test_training_step_cost_of_spectral_norm_to_a_tolerance(benchmark: Any) -> None:
+    """One maximum-likelihood step of ``iresnet-native`` (4 blocks of 2x64, c = 0.9, series log-det) with
+    ``sn_tol = 1e-3`` over the same step with one power step per forward, batch 256 on the 2-D ring, after 100 steps
+    of each (so the tolerance's steps are those of training, not of the first convergence)."""
+    from models.loss import training_loss
+    from models.registry import create
+
+    x = _ring(256, torch.Generator().manual_seed(0))
+    steps: dict[str, Callable[[], None]] = {}
+    calls = {"steps": 0, "forwards": 0}
+    models = {}
+    for name, kw in (("tol", {"sn_tol": 1e-3}), ("one", {})):
+        torch.manual_seed(0)
+        model = create("iresnet-native", (2,), **kw)
+        model.data_init(x)
+        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
+
+        def step(model: Any = model, opt: torch.optim.Optimizer = opt) -> None:
+            loss = training_loss(model, x, objective="likelihood")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        for _ in range(100):
+            step()
+        steps[name] = step
+        models[name] = model
+    layers = [m for m in models["tol"].modules() if isinstance(m, SpectralNormLinear)]
+    adjoint = SpectralNormLinear._adjoint
+
+    def counting(self: SpectralNormLinear, y: Tensor, w: Tensor) -> Tensor:
+        calls["steps"] += 1
+        return adjoint(self, y, w)
+
+    SpectralNormLinear._adjoint = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(20):
+            steps["tol"]()
+            calls["forwards"] += 1
+    finally:
+        SpectralNormLinear._adjoint = adjoint  # type: ignore[method-assign]
+    per_forward = calls["steps"] / (calls["forwards"] * len(layers))
+    stats = time_ratio(steps["tol"], steps["one"], rounds=21, max_seconds=30)
+    benchmark.pedantic(steps["tol"], rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({"ratio": stats.median, "iqr": [stats.q25, stats.q75],
+                                 "power_steps_per_layer_forward": per_forward})
+    print(f"\n[training step, 2-D ring, batch 256] iresnet-native sn_tol = 1e-3 / one power step: {stats.median:.2f}x "
+          f"(IQR {stats.q25:.2f}-{stats.q75:.2f}); {per_forward:.2f} power steps per layer and forward")
+    assert per_forward >= 1
