@@ -312,6 +312,23 @@ def test_certified_inverse_after_spectral_norm_to_a_tolerance(benchmark: Any) ->
 
 
 # ------------------------------------------------------------------------------------------ (c) training step
+def _training_step(model: Any, x: Tensor, lr: float) -> Callable[[], None]:
+    """``model`` data-initialised on ``x`` and one maximum-likelihood Adam step on ``x`` (``training_loss``, the loss
+    the suite trains with), as a function to time."""
+    from models.loss import training_loss
+
+    model.data_init(x)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+    def step() -> None:
+        loss = training_loss(model, x, objective="likelihood")
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    return step
+
+
 @pytest.mark.parametrize("method", ["series", "exact"])
 def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, method: str) -> None:
     """One maximum-likelihood step (forward, log-det, backward, Adam) of ``iresnet-native`` at its defaults (4 blocks
@@ -319,7 +336,6 @@ def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, metho
     ``realnvp-nflows`` with its width scaled to the same trainable parameter count, batch 256 on the 2-D ring."""
     from bench.flops import trainable_parameters
     from bench.run.match_params import match_width
-    from models.loss import training_loss
     from models.registry import create
 
     torch.manual_seed(0)
@@ -329,18 +345,7 @@ def test_training_step_against_realnvp_of_equal_parameters(benchmark: Any, metho
     assert matched.hparam is not None and matched.value is not None
     theirs = create("realnvp-nflows", (2,), **{matched.hparam: matched.value})
     x = _ring(256, torch.Generator().manual_seed(0))
-    steps = {}
-    for name, model in (("ours", ours), ("theirs", theirs)):
-        model.data_init(x)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-
-        def step(model: Any = model, opt: torch.optim.Optimizer = opt) -> None:
-            loss = training_loss(model, x, objective="likelihood")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        steps[name] = step
+    steps = {name: _training_step(model, x, lr=1e-3) for name, model in (("ours", ours), ("theirs", theirs))}
     stats = time_ratio(steps["ours"], steps["theirs"], rounds=21, max_seconds=30)
     benchmark.pedantic(steps["ours"], rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info.update({"method": method, "params_ours": target, "params_theirs": matched.params,
@@ -354,7 +359,6 @@ def test_training_step_cost_of_spectral_norm_to_a_tolerance(benchmark: Any) -> N
     """One maximum-likelihood step of ``iresnet-native`` (4 blocks of 2x64, c = 0.9, series log-det) with
     ``sn_tol = 1e-3`` over the same step with one power step per forward, batch 256 on the 2-D ring, after 100 steps
     of each (so the tolerance's steps are those of training, not of the first convergence)."""
-    from models.loss import training_loss
     from models.registry import create
 
     x = _ring(256, torch.Generator().manual_seed(0))
@@ -364,15 +368,7 @@ def test_training_step_cost_of_spectral_norm_to_a_tolerance(benchmark: Any) -> N
     for name, kw in (("tol", {"sn_tol": 1e-3}), ("one", {})):
         torch.manual_seed(0)
         model = create("iresnet-native", (2,), **kw)
-        model.data_init(x)
-        opt = torch.optim.Adam(model.parameters(), lr=5e-3)
-
-        def step(model: Any = model, opt: torch.optim.Optimizer = opt) -> None:
-            loss = training_loss(model, x, objective="likelihood")
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
+        step = _training_step(model, x, lr=5e-3)
         for _ in range(100):
             step()
         steps[name] = step
