@@ -74,6 +74,28 @@ def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
     return 1 if summary.statuses.get("error") else 0
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (``--workers``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def shape_arg(text: str) -> tuple[int, ...]:
+    """An argparse type: a per-example shape as comma-separated positive integers (``4`` or ``1,4,4``)."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers such as 4 or 1,4,4, got {text!r}")
+    return shape
+
+
 def _cmd_list(args: argparse.Namespace) -> int:
     from models import registry
 
@@ -94,8 +116,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from models.testing import format_report, validate
 
-    shape = tuple(int(s) for s in args.shape.split(",")) if args.shape else None
-    results = validate(args.model, shape=shape, seed=args.seed)
+    results = validate(args.model, shape=args.shape, seed=args.seed)
     print(format_report(args.model, results))
     return 0 if all(r.passed for r in results) else 1
 
@@ -134,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("validate", help="run the conformance checks on a model (name or module:Class)")
     sp.add_argument("model", help="registered name (see `invbench list`) or 'module:Class'")
-    sp.add_argument("--shape", default=None, help="input shape, e.g. 4 or 1,4,4 (default: the model's test shape)")
+    sp.add_argument("--shape", type=shape_arg, default=None,
+                    help="input shape, e.g. 4 or 1,4,4 (default: the model's test shape)")
     sp.add_argument("--seed", type=int, default=0)
     sp.set_defaults(func=_cmd_validate)
 
@@ -153,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --resume: continue although the suite's configuration changed (recorded per session)")
     sp.add_argument("--executor", choices=["inprocess", "local", "pool", "submitit"], default="local",
                     help="where cells run: one subprocess at a time, a process pool, or Slurm via submitit")
-    sp.add_argument("--workers", type=int, default=None, help="pool workers (default: one per GPU, else 1)")
+    sp.add_argument("--workers", type=positive_int, default=None, help="pool workers (default: one per GPU, else 1)")
     sp.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds (overrides the suite)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(func=_cmd_run)

@@ -130,8 +130,11 @@ def test_zero_baseline_and_bad_threshold() -> None:
     worse = [Row("r", "s", "m-x", "t", "d", 0, "frac", 0.2, "u", "down")]
     (change,) = compare_rows(zero, worse, 0.05)
     assert change.rel == math.inf and change.regression
-    with pytest.raises(ValueError, match="threshold"):
-        compare_rows(zero, worse, -1.0)
+    for bad in (-1.0, math.nan):
+        with pytest.raises(ValueError, match="threshold"):
+            compare_rows(zero, worse, bad)
+    with pytest.raises(ValueError, match="noise"):
+        compare_rows(zero, worse, 0.05, noise=math.nan)
 
 
 def test_noise_option_spares_changes_within_seed_noise(tmp_path: Path) -> None:

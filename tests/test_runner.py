@@ -325,6 +325,29 @@ def test_unknown_model_on_the_command_line(tmp_path: Path, capsys: pytest.Captur
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "--workers", "0"], "argument --workers: must be at least 1, got 0"),
+    (["run", "--workers", "two"], "argument --workers: expected a whole number of at least 1, got 'two'"),
+    (["validate", "realnvp-nflows", "--shape", "2,x"], "argument --shape: expected comma-separated positive integers"),
+    (["validate", "realnvp-nflows", "--shape", "0"], "argument --shape: expected comma-separated positive integers"),
+])
+def test_bad_numbers_on_the_command_line_stop_before_anything_runs(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
+    out = ["--out", str(tmp_path / "o")] if argv[0] == "run" else []
+    with pytest.raises(SystemExit) as stop:
+        main([*argv, *out])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err.splitlines()[-1], err
+    assert not (tmp_path / "o").exists()
+
+
+def test_shape_option_reaches_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "realnvp-nflows", "--shape", "5"]) == 0
+    shapes = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["shapes"])
+    assert shapes[1] == "5" and ", 5)" in " ".join(shapes), shapes
+
+
 # ----------------------------------------------------------------------------------------------- progress
 class _Tty:
     def __init__(self) -> None:

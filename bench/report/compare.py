@@ -126,9 +126,9 @@ def _cells(rows: Sequence[Row]) -> dict[Key, Cell]:
 def compare_rows(a_rows: Sequence[Row], b_rows: Sequence[Row], threshold: float, noise: float = 0.0
                  ) -> list[Change]:
     """Every key of A then the keys only in B, each with its verdict."""
-    if threshold < 0:
+    if not threshold >= 0:  # also NaN
         raise ValueError(f"threshold must be >= 0, got {threshold}")
-    if noise < 0:
+    if not noise >= 0:
         raise ValueError(f"noise must be >= 0, got {noise}")
     cells_a, cells_b = _cells(a_rows), _cells(b_rows)
     changes = []
