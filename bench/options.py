@@ -156,6 +156,16 @@ def _check_range(path: str, value: Any, meta: Mapping[str, Any]) -> Any:
     return value
 
 
+def checkable(tp: Any) -> bool:
+    """Whether :func:`coerce` knows every part of the type ``tp`` (so a value it refuses is wrong, not unknown)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any or tp is type(None) or origin is typing.Literal or tp in (bool, int, float, str):
+        return True
+    if origin in (Union, types.UnionType, list, tuple, dict):
+        return all(checkable(a) for a in args if a is not Ellipsis)
+    return isinstance(tp, type) and issubclass(tp, Options)
+
+
 def coerce(tp: Any, value: Any, path: str) -> Any:
     """``value`` checked against the type ``tp`` (and converted where lossless: int -> float, list -> tuple)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)

@@ -492,16 +492,22 @@ def _check_model(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:
 
 
 def _check_hparams(c: _Ctx, path: str, model: str, hparams: dict[str, Any]) -> None:
-    """Hyper-parameter names against the model's constructor (skipped when it takes ``**kwargs``).
+    """Hyper-parameter names against the model's constructor (skipped when it takes ``**kwargs``), and each value
+    against the parameter's annotation where :func:`bench.options.checkable` knows it (``int``, ``float``, ``bool``,
+    ``str``, ``Literal[...]``, ``X | None``, arrays; other annotations, and a constructor whose annotations do not
+    resolve, are left to the runner's build check, :func:`bench.run.build_check.check_builds`).
 
     A model class that cannot be imported is not an error here: its cells get ``error`` rows at run time.
     """
     import inspect
+    import typing
 
+    from bench.options import OptionError, checkable, coerce
     from models.registry import get
 
     try:
-        params = inspect.signature(get(model).__init__).parameters
+        init = get(model).__init__
+        params = inspect.signature(init).parameters
     except Exception:
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
@@ -511,6 +517,16 @@ def _check_hparams(c: _Ctx, path: str, model: str, hparams: dict[str, Any]) -> N
         if k not in names:
             raise c.fail(f"{path}.{k}", f"unknown hyper-parameter of {model}{_near(k, names)} "
                                         f"(takes: {', '.join(names) or 'none'})")
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:
+        return
+    for k, value in hparams.items():
+        if k in hints and checkable(hints[k]):
+            try:
+                coerce(hints[k], value, f"{path}.{k}")
+            except OptionError as exc:
+                raise c.fail("", str(exc)) from exc
 
 
 def _check_task(c: _Ctx, path: str, name: str, known: Sequence[str]) -> None:

@@ -299,6 +299,37 @@ def test_hparams_table_and_its_errors(tmp_path: Path, capsys: pytest.CaptureFixt
     assert err.count("\n") == 1 and "sed" in err and "did you mean seed" in err, err
 
 
+def test_a_model_its_hyper_parameters_do_not_build_stops_the_run_before_compute(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # three singular values for the 2-D data set: the type (an array of numbers) is not judged at load, the
+    # constructor refuses it, and the run stops with one line before any cell runs
+    bad = write_suite(tmp_path / "b.toml", f'"{ECHO}" = {{}}', seeds=1,
+                      models=f'models = ["{MODEL}"]\n[hparams."{MODEL}"]\nsingular_values = [1.0, 2.0, 3.0]\n')
+    assert main(["run", "--suite", str(bad), "--out", str(tmp_path / "o"), "--executor", "inprocess"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"invbench: error: {MODEL} on {FAKES}:tiny: the model does not build with its "
+                          "hyper-parameters (singular_values = [1.0, 2.0, 3.0]): ValueError: need 2 singular values, "
+                          "got 3"), err
+    assert not (tmp_path / "o").exists(), "nothing ran, nothing was written"
+
+
+def test_build_check_builds_each_model_once_and_leaves_the_random_state(tmp_path: Path) -> None:
+    from bench.run.build_check import check_builds
+    from bench.run.runner import SupportCheck, plan
+
+    # realnvp-nflows draws its initial weights from the global generator
+    suite = load_suite(str(write_suite(tmp_path / "s.toml", f'"{ECHO}" = {{}}\n"{TRAIN}" = {{}}', seeds=3,
+                                       models=f'models = ["{MODEL}", "realnvp-nflows"]')))
+    support = SupportCheck(0)
+    cells = [c for g in plan(suite, run_id="r", out=tmp_path / "o", device="cpu", info=support.info) for c in g]
+    assert len(cells) == 12
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    assert check_builds(cells, support.info) == 2  # per model: one data set, one set of hyper-parameters
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 @pytest.mark.parametrize(("suite_text", "expected"), [
     ("name = 't'\ndatasets = [\n", "invalid TOML"),
     ("datasets = ['moons']\nseeds = 'two'\n", "seeds: expected a seed count or an array of seeds, got string"),

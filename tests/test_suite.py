@@ -114,6 +114,14 @@ ERRORS = [
      f'suite quick.toml: hparams."{LINEAR}": \'{LINEAR}\' is not one of the suite\'s models'),
     (f"datasets = ['moons']\n[models.\"{LINEAR}\"]\nseed = 1\n[hparams.\"{LINEAR}\"]\nseed = 2\n",
      f'suite quick.toml: hparams."{LINEAR}": hyper-parameters of \'{LINEAR}\' are also given'),
+    ("[datasets.moons]\nmodels.realnvp-nflows = { depth = 2.5 }\n",
+     "suite quick.toml: datasets.moons.models.realnvp-nflows.depth: expected an integer, got float 2.5"),
+    ("datasets = ['moons']\nmodels = ['realnvp-freia']\n[hparams.realnvp-freia]\nclamp = '2'\n",
+     "suite quick.toml: hparams.realnvp-freia.clamp: expected a number, got string '2'"),
+    ("datasets = ['moons']\nmodels = ['realnvp-freia']\n[hparams.realnvp-freia]\nclamp = nan\n",
+     "suite quick.toml: hparams.realnvp-freia.clamp: expected a finite number, got nan"),
+    (f"datasets = ['moons']\n[models.\"{LINEAR}\"]\nseed = true\n",
+     f'suite quick.toml: models."{LINEAR}".seed: expected an integer, got boolean True'),
     ("[datasets.moons]\nbudget = { step = 3 }\n", "suite quick.toml: datasets.moons.budget.step: unknown budget field"),
     ("datasets = [{ n_train = 3 }]\n", "suite quick.toml: datasets[0]: an inline table needs a 'name'"),
     ("datasets = ['moons']\ntimout = 5\n", "suite quick.toml: timout: unknown field; did you mean timeout?"),
@@ -160,6 +168,17 @@ def test_errors_are_one_line_naming_the_field(tmp_path: Path, text: str, expecte
     message = str(info.value)
     assert "\n" not in message
     assert message.startswith(expected) if expected.startswith("suite ") else expected in message, message
+
+
+def test_hyper_parameter_choices_are_checked_with_near_names(tmp_path: Path) -> None:
+    known = Known(models=lambda: ["iresnet-native"], tasks=KNOWN.tasks, datasets=KNOWN.datasets)
+    with pytest.raises(SuiteError) as info:
+        load_text(tmp_path, "datasets = ['moons']\n[models.iresnet-native]\nsolver = 'andersen'\n", known=known)
+    assert str(info.value) == ("suite s.toml: models.iresnet-native.solver: expected one of fixed_point, anderson, "
+                               "newton, auto, got 'andersen'; did you mean anderson?")
+    suite = load_text(tmp_path, "datasets = ['moons']\n[models.iresnet-native]\nsolver = 'anderson'\ncoeff = 1\n"
+                      "sn_tol = 1e-3\n", known=known)
+    assert suite.hparams_for("iresnet-native", "moons") == {"solver": "anderson", "coeff": 1, "sn_tol": 1e-3}
 
 
 def test_bundled_suites(tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.datasets.base import DatasetInfo
+from bench.run.build_check import check_builds
 from bench.run.environment import capture, now_iso, read_record, write_record
 from bench.run.executors import CellOutcome, Executor
 from bench.run.match_params import MatchedWidth, match_width
@@ -238,8 +239,9 @@ def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = Fal
     Resuming a run whose suite configuration changed (models, data sets, tasks, options, seeds, budget, ...) is an
     error naming what changed, unless ``allow_changed``; each session's suite is then recorded in ``run.json``.
 
-    Everything that can fail before compute (a data set that does not load) fails before anything is written;
-    a fresh run directory left empty by such a failure is removed.
+    Everything that can fail before compute (a data set that does not load, a model its hyper-parameters do not
+    build: :func:`bench.run.build_check.check_builds`) fails before anything is written; a fresh run directory left
+    empty by such a failure is removed.
     """
     prepare_out_dir(out, resume)
     lock = acquire_lock(out)
@@ -254,6 +256,7 @@ def run_suite(suite: Suite, out: Path, *, executor: Executor, resume: bool = Fal
         support = SupportCheck(suite.seeds[0])
         groups = plan(suite, run_id=run_id, out=out, device=device, info=support.info)
         states = {c.key: support(c) for g in groups for c in g if c.key not in done}
+        check_builds((c for g in groups for c in g if states.get(c.key, ("",))[0] == "run"), support.info)
         support.release()
 
         session = capture(run_id=run_id, suite=suite.name, device=device, command=command,
