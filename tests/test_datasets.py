@@ -462,7 +462,8 @@ def test_info_of_missing_files_names_where_it_looked(tmp_path: Path) -> None:
         datasets.info(str(tmp_path / "x.npz"))
 
 
-def test_info_of_user_arrays_reads_headers_not_inputs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_info_of_user_arrays_does_not_load_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Metadata from the headers; the inputs are only streamed for the finiteness check, never loaded whole."""
     rng = np.random.default_rng(0)
     np.savez_compressed(tmp_path / "img.npz", x_train=rng.random((30, 3, 4, 5)), x_test=rng.random((10, 3, 4, 5)))
     np.save(tmp_path / "v.npy", rng.random((50, 6)).astype(np.float32))
@@ -476,6 +477,48 @@ def test_info_of_user_arrays_reads_headers_not_inputs(tmp_path: Path, monkeypatc
     assert expected["img.npz"] == datasets.DatasetInfo("img.npz", "image", (3, 4, 5), None, None)
     assert datasets.info(str(tmp_path / "v.npy")) == expected["v.npy"]
     assert expected["v.npy"] == datasets.DatasetInfo("v.npy", "vector", (6,), None, None)
+
+
+def test_non_finite_user_inputs_are_refused_by_info_as_the_load_refuses_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``info`` (what the runner reads before any compute) streams the rows a data set would use, in chunks, and
+    refuses NaN and values infinite in float32 where, and only where, loading the data set does."""
+    from bench.datasets import arrays
+
+    monkeypatch.setattr(arrays, "SCAN_BYTES", 64)  # 8 rows of 2 float32 / 4 rows of float64 per read: many reads
+    rng = np.random.default_rng(0)
+    x_train, x_test = rng.random((40, 2)), rng.random((10, 2))
+    x_train[29, 1] = np.nan
+    x_test[7, 0] = 1e300  # finite in float64, infinite in float32
+    np.savez_compressed(tmp_path / "bad.npz", x_train=x_train, x_test=x_test)
+    path = str(tmp_path / "bad.npz")
+    with pytest.raises(ValueError, match=r"bad.npz: x_train holds NaN or infinite values \(in float32\), the first in "
+                                         "row 29$"):
+        datasets.info(path)
+    kept = arrays.subset(40, 12, "n_train")
+    assert 29 not in kept
+    with pytest.raises(ValueError, match=r"x_test holds NaN .* row 7$"):  # a clean train subset, not a clean test split
+        datasets.info(path, {"n_train": 12})
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load(path, n_train=12)
+    inside = int(kept[3])
+    x_train[29, 1], x_train[inside, 0] = 0.5, -np.inf
+    x_test[7, 0] = 0.5
+    np.savez(tmp_path / "bad.npz", x_train=x_train, x_test=x_test)
+    with pytest.raises(ValueError, match=rf"x_train holds NaN .* row {inside}$"):
+        datasets.info(path, {"n_train": 12})
+    clean = [i for i in range(40) if i != inside]
+    np.savez(tmp_path / "ok.npz", x_train=x_train[clean][:20], x_test=x_test)
+    assert datasets.info(str(tmp_path / "ok.npz")) == load(str(tmp_path / "ok.npz")).info
+    # a .npy: the split the message names is the one its fixed 80/20 split puts the row in
+    v = rng.random((50, 3)).astype(np.float32)
+    v[44, 2] = np.nan
+    np.save(tmp_path / "v.npy", v)
+    split = "train" if 44 in arrays.npy_split(50)[0] else "test"
+    with pytest.raises(ValueError, match=rf"v.npy: the array \(its {split} split\) holds NaN .* row 44$"):
+        datasets.info(str(tmp_path / "v.npy"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        load(str(tmp_path / "v.npy"))
 
 
 def test_info_of_labelled_levelled_npz_matches_the_load(tmp_path: Path) -> None:

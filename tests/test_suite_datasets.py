@@ -131,7 +131,8 @@ def _cell(dataset: str, task: str, options: dict[str, object] | None = None) -> 
 
 
 def test_support_is_decided_from_metadata_without_loading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The parent reads headers only: np.load, the IDX reader and the digits loader are never called."""
+    """The parent reads headers (and streams a user file's inputs for NaN, without np.load): np.load, the IDX reader
+    and the digits loader are never called."""
     from bench.datasets import digits, idx
     from bench.tasks.classification import ClassificationTask
     from bench.tasks.likelihood import LikelihoodTask

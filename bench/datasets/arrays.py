@@ -16,11 +16,13 @@ fixed seed. Relative paths are resolved against the current directory. Example a
 integers ``k`` in ``[0, L)``; without, they are continuous values used as they are, and integer arrays are an
 error (integer images read as continuous values would give meaningless likelihoods). :func:`file_info` reads
 the metadata from the array headers (and the small label and ``levels`` arrays) without reading the inputs;
-every error names the file.
+:func:`checked_file_info` (the source's ``info``, which the runner reads before any compute) also streams the
+inputs in chunks for NaN and infinities; every error names the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zipfile
 from collections.abc import Sequence
@@ -154,8 +156,9 @@ def from_arrays(
         levels = int(levels)
         tr, te = discrete_to_tensor(x_train[i_tr], levels), discrete_to_tensor(x_test[i_te], levels)
     else:
-        tr = torch.from_numpy(np.ascontiguousarray(x_train[i_tr], dtype=np.float32))
-        te = torch.from_numpy(np.ascontiguousarray(x_test[i_te], dtype=np.float32))
+        with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below
+            tr = torch.from_numpy(np.ascontiguousarray(x_train[i_tr], dtype=np.float32))
+            te = torch.from_numpy(np.ascontiguousarray(x_test[i_te], dtype=np.float32))
         if not (torch.isfinite(tr).all() and torch.isfinite(te).all()):
             raise ValueError(f"{name}: inputs contain NaN or infinite values")
     ytr = labels_to_tensor(y_train, len(x_train), "y_train")
@@ -201,10 +204,8 @@ def _data_file(path: str) -> Path:
 
 def _array_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     """``(shape, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
-    version = np.lib.format.read_magic(fh)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, _, dtype = read(fh)
-    return tuple(int(n) for n in shape), np.dtype(dtype)
+    shape, _, dtype = _read_header(fh)
+    return shape, dtype
 
 
 def _headers(p: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -244,6 +245,77 @@ def _levels_hint(p: Path, name: str, what: str, dtype: np.dtype) -> str:
     return (f"{p}: {what} holds integers ({dtype}) but no levels are declared, so they would be read as "
             f"continuous values; declare the number of discrete levels with {where} or {store}; "
             "for continuous data store floats")
+
+
+def npy_split(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed 80/20 split of a ``.npy``'s ``n`` rows: (train indices, test indices), each sorted."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    n_te = max(1, round(0.2 * n))
+    return np.sort(perm[n_te:]), np.sort(perm[:n_te])
+
+
+#: about how many bytes :func:`checked_file_info` reads at a time
+SCAN_BYTES = 1 << 24
+
+
+def _first_nonfinite(fh: IO[bytes], rows: np.ndarray) -> int | None:
+    """The first of ``rows`` (sorted indices) of the ``.npy`` stream ``fh`` whose values are not all finite in
+    float32, reading about :data:`SCAN_BYTES` at a time; None when all are finite, and for a Fortran-ordered array
+    (its rows are not contiguous; not read)."""
+    shape, fortran, dtype = _read_header(fh)
+    if fortran or not rows.size:
+        return None
+    row_items = int(np.prod(shape[1:], dtype=np.int64))
+    row_bytes = max(1, row_items * dtype.itemsize)
+    step = max(1, SCAN_BYTES // row_bytes)
+    for start in range(0, shape[0], step):
+        stop = min(start + step, shape[0])
+        chunk = np.frombuffer(fh.read((stop - start) * row_bytes), dtype=dtype).reshape(stop - start, row_items)
+        wanted = rows[np.searchsorted(rows, start):np.searchsorted(rows, stop)] - start
+        if not wanted.size:
+            continue
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(chunk[wanted].astype(np.float32)).all(axis=1)
+        if bad.any():
+            return int(wanted[np.argmax(bad)] + start)
+    return None
+
+
+def checked_file_info(path: str, options: ArrayOptions | None = None) -> tuple[DatasetInfo, tuple[int, int]]:
+    """:func:`file_info`, after checking that the continuous inputs a data set built from ``path`` with ``options``
+    would use (its ``n_train`` / ``n_test`` subsets) hold no NaN and no value that is infinite in float32 (what
+    :func:`from_arrays` refuses when the data set loads): ValueError naming the file, the array and the first such
+    row. Streams the file, so no whole array is in memory; integer (``levels``) data are checked as integers when
+    they load, and are not read here."""
+    options = options or ArrayOptions()
+    info, sizes = file_info(path, options)
+    if info.levels is not None:
+        return info, sizes
+    n_train_total, n_test_total = sizes
+    p = _data_file(path)
+    if p.suffix == ".npy":
+        tr, te = npy_split(n_train_total + n_test_total)
+        parts = [("the array (its train split)", "", tr[subset(len(tr), options.n_train, "n_train")]),
+                 ("the array (its test split)", "", te[subset(len(te), options.n_test, "n_test")])]
+    else:
+        parts = [("x_train", "x_train.npy", subset(n_train_total, options.n_train, "n_train")),
+                 ("x_test", "x_test.npy", subset(n_test_total, options.n_test, "n_test"))]
+    for what, member, rows in parts:
+        with contextlib.ExitStack() as stack:
+            fh: IO[bytes] = (stack.enter_context(open(p, "rb")) if not member
+                             else stack.enter_context(stack.enter_context(zipfile.ZipFile(p)).open(member)))
+            row = _first_nonfinite(fh, rows)
+        if row is not None:
+            raise ValueError(f"{p}: {what} holds NaN or infinite values (in float32), the first in row {row}")
+    return info, sizes
+
+
+def _read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
 def file_info(path: str, options: ArrayOptions | None = None) -> tuple[DatasetInfo, tuple[int, int]]:
@@ -337,9 +409,7 @@ def load_file(path: str, n_train: int | None = None, n_test: int | None = None,
     try:
         if p.suffix == ".npy":
             x = np.load(p, allow_pickle=False)
-            perm = np.random.default_rng(SPLIT_SEED).permutation(len(x))
-            n_te = max(1, round(0.2 * len(x)))
-            tr_idx, te_idx = np.sort(perm[n_te:]), np.sort(perm[:n_te])
+            tr_idx, te_idx = npy_split(len(x))
             desc = f"{p}: one array split 80/20 (fixed seed {SPLIT_SEED}); {kind}."
             return from_arrays(info.name, x[tr_idx], x[te_idx], levels=info.levels, n_train=n_train, n_test=n_test,
                                description=desc, meta={"source": str(p), "train_index": tr_idx.tolist(),
@@ -362,7 +432,9 @@ class ArraySource(DatasetSource[ArrayOptions]):
         self.name = path
 
     def info(self, options: ArrayOptions, seed: int = 0) -> DatasetInfo:
-        return file_info(self.name, options)[0]
+        """The metadata from the headers, after :func:`checked_file_info` has streamed the inputs the data set uses
+        (so a NaN stops a run before any compute, once, instead of failing every cell)."""
+        return checked_file_info(self.name, options)[0]
 
     def read(self, options: ArrayOptions, seed: int) -> Dataset:
         return load_file(self.name, options.n_train, options.n_test, levels=options.levels)

@@ -4,12 +4,12 @@ The suite's loader checks each hyper-parameter's name and type against the model
 (:func:`bench.suite.validate_names`); what only the constructor can judge (a width of -3, a depth that does not fit
 the data set's shape, a combination of options it refuses) is judged here, before compute, rather than as an
 ``error`` row in every cell of that model after the rest of the suite has run. :func:`check_builds` builds each
-distinct model the run will use on the CPU, with the data set's shape and classes, as the worker does (:func:`models.registry.create`), and a
-constructor that raises stops the run with one line naming the model, the data set and the error. The global
-random state is restored afterwards, so building changes nothing a cell computes, and the libraries' warnings are
-not shown (a cell's own build logs them). On the quick suite: 60 models in about 1.4 s. A model class that cannot be
-imported is skipped here: the support check gives its cells ``error`` rows (a broken optional backend must not stop
-the others).
+distinct model the run will use on the CPU, with the data set's shape and classes, as the worker does
+(:func:`models.registry.create`), and a constructor that raises stops the run with one line naming the model, the
+data set and the error. The global random state is restored afterwards, so building changes nothing a cell
+computes, and the libraries' warnings are not shown (a cell's own build logs them). On the quick suite: 60 models
+in about 1.4 s. A model class that cannot be imported is skipped here: the support check gives its cells
+``error`` rows (a broken optional backend must not stop the others).
 
 This module imports torch only inside functions.
 """
