@@ -6,6 +6,7 @@ The fake task and model are those of ``test_executors`` (loaded by ``"module:Cla
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,3 +163,23 @@ def test_support_is_decided_from_metadata_without_loading(tmp_path: Path, monkey
     with pytest.raises(ValueError, match=r"data set 'mnist': FileNotFoundError: mnist: no folder holds .* looked in: "
                                          f"{tmp_path / 'none'}"):
         check(_cell("mnist", ECHO, {"root": str(tmp_path / "none")}))
+
+
+def nan_loader(seed: int = 0) -> Any:
+    """A plug-in loader whose training inputs hold a NaN in row 3."""
+    import torch
+
+    from bench.datasets import Dataset
+
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(seed))
+    x[3, 1] = float("nan")
+    return Dataset(name="nan", kind="vector", train_x=x, test_x=torch.randn(4, 2))
+
+
+def test_a_plug_in_loader_with_nan_inputs_stops_the_run_before_compute(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    suite = _suite(tmp_path / "s.toml", 'datasets = ["test_suite_datasets:nan_loader"]')
+    assert main(["run", "--suite", str(suite), "--out", str(tmp_path / "o"), "--executor", "inprocess"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "returned train_x with NaN or infinite values, the first in row 3" in err, err
+    assert not (tmp_path / "o").exists()

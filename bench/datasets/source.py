@@ -103,7 +103,8 @@ class CallOptions(Options):
 
 class CallableSource(DatasetSource[CallOptions]):
     """A plug-in function ``fn(seed=..., **options) -> Dataset`` (``seed`` passed when ``fn`` takes it; an
-    option ``seed`` wins over the cell's)."""
+    option ``seed`` wins over the cell's). What it returns must be a :class:`Dataset` with finite inputs (else
+    TypeError / ValueError, one line); the runner calls it once for the metadata before any compute."""
 
     Options = CallOptions
 
@@ -134,6 +135,12 @@ class CallableSource(DatasetSource[CallOptions]):
         ds = self.fn(**kwargs)
         if not isinstance(ds, Dataset):
             raise TypeError(f"data set {self.name!r} returned {type(ds).__name__}, not a bench.datasets.Dataset")
+        for what, x in (("train_x", ds.train_x), ("test_x", ds.test_x)):
+            finite = x.reshape(len(x), -1).isfinite().all(dim=1)
+            if not bool(finite.all()):
+                row = int((~finite).nonzero()[0, 0])
+                raise ValueError(f"data set {self.name!r} returned {what} with NaN or infinite values, the first in "
+                                 f"row {row}")
         return ds
 
     def info(self, options: CallOptions, seed: int = 0) -> DatasetInfo:
