@@ -43,7 +43,10 @@ def cli_run(args: argparse.Namespace, known: Known | None = None) -> int:
 
     data_dir = getattr(args, "data_dir", None)
     if data_dir:  # searched first by the file data sets; workers inherit the environment
-        os.environ["INVBENCH_DATA"] = str(Path(data_dir).expanduser().resolve())
+        folder = Path(data_dir).expanduser().resolve()
+        if not folder.is_dir():
+            raise ValueError(f"--data-dir: no such folder: {folder}")
+        os.environ["INVBENCH_DATA"] = str(folder)
     suite = load_suite(args.suite, known)
     suite = restrict(suite, models=args.models, tasks=args.tasks, datasets=args.datasets, seeds=args.seeds,
                      timeout=args.timeout, known=known)

@@ -373,6 +373,14 @@ def test_bad_numbers_on_the_command_line_stop_before_anything_runs(
     assert not (tmp_path / "o").exists()
 
 
+def test_a_data_dir_that_is_not_a_folder_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    suite = write_suite(tmp_path / "s.toml", f'"{ECHO}" = {{}}')
+    assert main(["run", "--suite", str(suite), "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"invbench: error: --data-dir: no such folder: {tmp_path / 'nope'}\n"
+    assert not (tmp_path / "o").exists()
+
+
 def test_shape_option_reaches_the_checks(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", "realnvp-nflows", "--shape", "5"]) == 0
     shapes = next(line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["shapes"])
