@@ -165,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("run", help="run a suite (default: quick) and write a results store")
     sp.add_argument("--suite", default="quick", help="suite name (quick, fashion, paper) or path to a TOML file")
-    sp.add_argument("--models", nargs="+", default=None, help="restrict to these models")
-    sp.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks")
-    sp.add_argument("--datasets", nargs="+", default=None, help="restrict to these data sets")
+    sp.add_argument("--models", nargs="+", default=None, help="restrict to these models (spaces or commas)")
+    sp.add_argument("--tasks", nargs="+", default=None, help="restrict to these tasks (spaces or commas)")
+    sp.add_argument("--datasets", nargs="+", default=None,
+                    help="restrict to these data sets (spaces or commas; a path is kept whole)")
     sp.add_argument("--seeds", type=int, default=None, help="number of seeds (overrides the suite)")
     sp.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     sp.add_argument("--out", default=None, help="run directory (default: runs/<suite>-<timestamp>)")

@@ -646,11 +646,27 @@ def load_suite(ref: str, known: Known | None = None, check_names: bool = True) -
     return validate_names(suite, known) if check_names else suite
 
 
+def split_names(values: Sequence[str] | None, *, paths: bool = False) -> list[str] | None:
+    """Command-line names given with spaces or commas (``--models a,b`` as ``--models a b``); with ``paths``, a
+    value naming an existing file is kept whole (a path may hold a comma)."""
+    if values is None:
+        return None
+    out: list[str] = []
+    for value in values:
+        if paths and Path(value).expanduser().exists():
+            out.append(value)
+        else:
+            out.extend(part.strip() for part in value.split(",") if part.strip())
+    return out
+
+
 def restrict(suite: Suite, *, models: Sequence[str] | None = None, tasks: Sequence[str] | None = None,
              datasets: Sequence[str] | None = None, seeds: int | None = None, timeout: float | None = None,
              device: str | None = None, known: Known | None = None) -> Suite:
-    """Apply command-line choices. Names need not be in the suite (data sets not in it get default options)."""
+    """Apply command-line choices. Names need not be in the suite (data sets not in it get default options); each
+    list may be given with commas (:func:`split_names`)."""
     known = known or Known.default()
+    models, tasks, datasets = split_names(models), split_names(tasks), split_names(datasets, paths=True)
     if models is not None:
         c = _Ctx("--models")
         known_models = list(known.models())

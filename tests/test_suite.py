@@ -238,6 +238,18 @@ def test_command_line_restrictions(tmp_path: Path) -> None:
         assert str(info.value).startswith(message), str(info.value)
 
 
+def test_command_line_names_may_be_separated_by_commas(tmp_path: Path) -> None:
+    s = load_text(tmp_path, FULL)
+    odd = tmp_path / "a,b.npz"
+    odd.write_bytes(b"")
+    r = restrict(s, models=["realnvp-nflows,maf-nflows"], tasks=["likelihood,", "cost"],
+                 datasets=["digits,rings", str(odd)], known=KNOWN)
+    assert r.models == ["realnvp-nflows", "maf-nflows"] and r.tasks == ["likelihood", "cost"]
+    assert [d.name for d in r.datasets] == ["digits", "rings", str(odd)]  # an existing path is kept whole
+    with pytest.raises(SuiteError, match="--models: unknown model 'realnvp-nflow'"):
+        restrict(s, models=["maf-nflows,realnvp-nflow"], known=KNOWN)
+
+
 def test_per_dataset_task_subset_limits_the_plan(tmp_path: Path) -> None:
     from bench.run.runner import plan
 
