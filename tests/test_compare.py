@@ -3,6 +3,7 @@ stores of different suites or without a common key unless ``--force``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -193,3 +194,45 @@ def test_stores_sharing_no_key_exit_2_unless_forced(tmp_path: Path, capsys: pyte
     empty.mkdir()
     (empty / "results.jsonl").write_text("")
     assert main(["compare", str(empty), str(empty)]) == 2
+
+
+def test_a_report_folder_is_a_store_to_compare_but_not_to_report_again(tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """A committed reference report holds rows.csv, not results.jsonl: compare reads it back row for row."""
+    from bench.report.tables import load_store
+    from bench.report.writer import write_report
+
+    report = write_report(str(FIXTURE), tmp_path / "report")
+    run, again = load_store(FIXTURE), load_store(report)
+    assert again.results_path == report / "rows.csv" and again.read.skipped == 0
+    assert [dataclasses.replace(r, schema=0) for r in again.rows] == [
+        dataclasses.replace(r, schema=0) for r in run.rows]
+    assert main(["compare", str(report), str(FIXTURE)]) == 0
+    assert main(["compare", str(report / "rows.csv"), str(FIXTURE)]) == 0
+    assert "0 regression(s)" in capsys.readouterr().out
+    before = (report / "README.md").read_text(encoding="utf-8")
+    assert main(["report", str(report)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a report's rows.csv: it can be compared" in err, err
+    assert (report / "README.md").read_text(encoding="utf-8") == before
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"not a report's rows\.csv"):
+        load_store(tmp_path / "other.csv")
+
+
+def test_a_schema_1_report_csv_is_read_with_its_metric_names_upgraded(tmp_path: Path) -> None:
+    """Reports written before rows had settings and a direction (reports/quick-gpu, reports/fashion-gpu)."""
+    from bench.report.tables import load_store
+
+    header = ("run_id,suite,model,family,task,dataset,seed,metric,base_metric,input,settings,variant,value,unit,"
+              "higher_is_better,status,config_hash,extra\n")
+    lines = ['r,quick,resflow-native,resflow,logdet,moons,0,logdet_bias[probes=1],logdet_bias,,probes=1,,-0.5,nats,,ok,'
+             'h,"{}"\n',
+             'r,quick,resflow-native,resflow,likelihood,moons,1,test_nll,test_nll,,,,1.25,nats,false,ok,h,"{}"\n',
+             'r,quick,resflow-native,resflow,cost,moons,0,forward_throughput,forward_throughput,,,,,items/s,true,'
+             'error,h,"{""message"": ""boom""}"\n']
+    (tmp_path / "rows.csv").write_text(header + "".join(lines), encoding="utf-8")
+    bias, nll, speed = load_store(tmp_path).rows
+    assert (bias.metric, bias.settings, bias.direction, bias.value) == ("logdet_bias", {"probes": 1}, "zero", -0.5)
+    assert (nll.metric, nll.seed, nll.direction, nll.value) == ("test_nll", 1, "down", 1.25)
+    assert (speed.direction, speed.status, speed.value, speed.extra) == ("up", "error", None, {"message": "boom"})

@@ -26,11 +26,12 @@ initialised) is labelled ``(untrained)`` in every table of that data set.
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report.bootstrap import Interval, leader, seed_interval
-from bench.run.rundir import STATUSES, ReadStats, Row, read_rows, settings_key
+from bench.run.rundir import SCHEMA, STATUSES, ReadStats, Row, read_rows, settings_key
 
 #: the order tasks appear in reports (the order a suite runs them, as in ``bench.tasks.registry``; kept here
 #: so reporting does not import torch); unknown tasks follow alphabetically
@@ -78,12 +79,16 @@ class Store:
 
 
 def load_store(path: str | Path) -> Store:
-    """Read a run directory or a ``results.jsonl`` file (``run.json`` is looked for beside it)."""
+    """Read a run directory or a ``results.jsonl`` file (``run.json`` is looked for beside it), or a report folder
+    or its ``rows.csv`` (:func:`read_rows_csv`; a committed reference report holds no results.jsonl), so that
+    ``invbench compare reports/quick-cpu runs/quick`` compares a run with a reference report."""
     p = Path(path)
     results = p / "results.jsonl" if p.is_dir() else p
+    if p.is_dir() and not results.is_file() and (p / "rows.csv").is_file():
+        results = p / "rows.csv"
     if not results.is_file():
         raise FileNotFoundError(f"no results store at {p} (expected a run directory holding results.jsonl, "
-                                f"or the results.jsonl file itself)")
+                                f"the results.jsonl file itself, or a report folder holding rows.csv)")
     run_dir = results.parent
     record: dict[str, Any] = {}
     run_json = run_dir / "run.json"
@@ -91,8 +96,38 @@ def load_store(path: str | Path) -> Store:
         loaded = json.loads(run_json.read_text(encoding="utf-8"))
         record = loaded if isinstance(loaded, dict) else {"record": loaded}
     stats = ReadStats()
-    rows = list(read_rows(results, stats))
+    rows = list(read_rows_csv(results, stats) if results.suffix == ".csv" else read_rows(results, stats))
     return Store(run_dir=run_dir, results_path=results, rows=rows, record=record, read=stats)
+
+
+def read_rows_csv(path: Path, stats: ReadStats | None = None) -> Iterator[Row]:
+    """The rows of a report's ``rows.csv`` (what :func:`rows_frame` wrote: ``settings`` and ``extra`` as JSON,
+    ``value`` as repr, empty for none), or of a schema-1 report's (``higher_is_better`` instead of ``direction``,
+    the settings encoded in the metric name; upgraded by :meth:`bench.run.rundir.Row.from_dict`); a line that does
+    not parse is skipped and counted in ``stats.invalid``."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = set(reader.fieldnames or [])
+        legacy = "direction" not in columns and "higher_is_better" in columns
+        needed = set(CSV_COMMON) | ({"higher_is_better"} if legacy else {"direction", "settings"})
+        if not needed <= columns:
+            raise ValueError(f"{path}: not a report's rows.csv (missing columns: "
+                             f"{', '.join(sorted(needed - columns))})")
+        for line in reader:
+            try:
+                data: dict[str, Any] = {k: line[k] for k in CSV_COMMON}
+                data.update(seed=int(line["seed"]), value=float(line["value"]) if line["value"] != "" else None,
+                            extra=json.loads(line["extra"]) if line["extra"] else {})
+                if legacy:
+                    data.update(schema=1, higher_is_better={"true": True, "false": False}.get(
+                        line["higher_is_better"].lower()))
+                else:
+                    data.update(schema=SCHEMA, direction=line["direction"] or None,
+                                settings=json.loads(line["settings"]) if line["settings"] else {})
+                yield Row.from_dict(data)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                if stats is not None:
+                    stats.invalid += 1
 
 
 def family_of(model: str, record: dict[str, Any] | None = None) -> str:
@@ -615,6 +650,9 @@ def summary_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=list(SUMMARY_FIELDS))
 
 
+#: the ``rows.csv`` columns every version of the report wrote
+CSV_COMMON: tuple[str, ...] = ("run_id", "suite", "model", "task", "dataset", "seed", "metric", "input", "variant",
+                               "value", "unit", "status", "config_hash", "extra")
 ROW_FIELDS: tuple[str, ...] = ("run_id", "suite", "model", "family", "task", "dataset", "seed", "metric", "input",
                                "variant", "settings", "value", "unit", "direction", "status", "config_hash", "extra")
 

@@ -209,6 +209,10 @@ def write_report(results: str | Path | Store, out: str | Path | None = None, com
     """Write the report of the store at ``results`` (a path, or a loaded :class:`Store`) into ``out`` (default
     ``reports/<run dir name>``)."""
     store = results if isinstance(results, Store) else load_store(results)
+    if store.results_path.suffix == ".csv":
+        raise ValueError(f"{store.results_path} is a report's rows.csv: it can be compared (invbench compare) but "
+                         "not reported again, since the run record (commands, environment, expected findings) and the "
+                         "artifacts behind some plots live in the run directory; report the run directory instead")
     results = results.run_dir if isinstance(results, Store) else results
     out_dir = Path(out) if out is not None else Path("reports") / store.name
     if command is None:
