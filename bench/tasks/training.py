@@ -42,7 +42,7 @@ import re
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +214,32 @@ class _CurveRecorder:
         self.curve.add(step, seconds, value)
 
 
+def make_optimizer(params: Sequence[Tensor], lr: float) -> torch.optim.Adam:
+    """The suite's optimiser: multi-tensor Adam (on the CPU torch defaults to a per-parameter loop, a quarter of a
+    small flow's step)."""
+    return torch.optim.Adam(list(params), lr=lr, foreach=True)
+
+
+def training_step(model: InvertibleModel, x: Tensor, lr: float, objective: Objective = "likelihood"
+                  ) -> Callable[[], None]:
+    """One eager training step on the batch ``x``: (B, *shape) as the training loop takes it (the loss of
+    ``objective``, backward, gradient clipping at :data:`CLIP_NORM`, :func:`make_optimizer`'s Adam, the model's
+    ``after_step``), as a function to call repeatedly, for benchmarks that time a step the way the suite trains."""
+    from models.loss import training_loss
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, lr)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        training_loss(model, x, objective=objective).backward()
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        opt.step()
+        model.after_step()
+
+    return step
+
+
 def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch.device, seed: int,
          objective: Objective, labels: Tensor | None, progress: Progress | None,
          regularizer: FDRegularizer | None = None, curve: CurveRequest | None = None,
@@ -267,8 +293,7 @@ def _fit(model: InvertibleModel, dataset: Dataset, budget: Budget, device: torch
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     recorder.evaluate(0, clock())
     stepper = CompiledStep(model, objective, compile, device, compile_fullgraph)
-    # multi-tensor Adam: on the CPU torch defaults to a per-parameter loop, a quarter of a small flow's step
-    opt = torch.optim.Adam(params, lr=budget.lr, foreach=True)
+    opt = make_optimizer(params, budget.lr)
     history: list[float] = []
     recent: deque[float] = deque(maxlen=max(window, NOISE_TAIL))
     window_sum, window_n, last_n = 0.0, 0, 0

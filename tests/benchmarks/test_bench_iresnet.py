@@ -313,20 +313,13 @@ def test_certified_inverse_after_spectral_norm_to_a_tolerance(benchmark: Any) ->
 
 # ------------------------------------------------------------------------------------------ (c) training step
 def _training_step(model: Any, x: Tensor, lr: float) -> Callable[[], None]:
-    """``model`` data-initialised on ``x`` and one maximum-likelihood Adam step on ``x`` (``training_loss``, the loss
-    the suite trains with), as a function to time."""
-    from models.loss import training_loss
+    """``model`` data-initialised on ``x`` and one maximum-likelihood step on ``x`` as the suite trains
+    (:func:`bench.tasks.training.training_step`: multi-tensor Adam, gradient clipping, ``after_step``), as a function
+    to time."""
+    from bench.tasks.training import training_step
 
     model.data_init(x)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-
-    def step() -> None:
-        loss = training_loss(model, x, objective="likelihood")
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-    return step
+    return training_step(model, x, lr)
 
 
 @pytest.mark.parametrize("method", ["series", "exact"])

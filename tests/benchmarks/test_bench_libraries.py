@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bench.datasets import load
 from bench.memory import saved_tensor_bytes
+from bench.tasks.training import training_step
 from bench.timing import RatioStats, time_ratio
 from models.base import InvertibleModel, SolverKind
 from models.loss import training_loss
@@ -64,14 +65,13 @@ def _trained(name: str, data: Tensor, steps: int, **hparams: Any) -> InvertibleM
 
 
 def _step_fn(model: InvertibleModel, x: Tensor) -> Callable[[], None]:
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    """One training step on ``x`` as the suite trains (:func:`bench.tasks.training.training_step`), in training
+    mode."""
+    one = training_step(model, x, lr=1e-4)
 
     def step() -> None:
         model.train()
-        opt.zero_grad(set_to_none=True)
-        training_loss(model, x, objective="likelihood").backward()
-        opt.step()
-        model.after_step()
+        one()
 
     return step
 
