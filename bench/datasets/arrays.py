@@ -247,10 +247,15 @@ def _levels_hint(p: Path, name: str, what: str, dtype: np.dtype) -> str:
             "for continuous data store floats")
 
 
+def npy_test_size(n: int) -> int:
+    """How many of a ``.npy``'s ``n`` rows its fixed 80/20 split puts in the test split."""
+    return max(1, round(0.2 * n))
+
+
 def npy_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     """The fixed 80/20 split of a ``.npy``'s ``n`` rows: (train indices, test indices), each sorted."""
     perm = np.random.default_rng(SPLIT_SEED).permutation(n)
-    n_te = max(1, round(0.2 * n))
+    n_te = npy_test_size(n)
     return np.sort(perm[n_te:]), np.sort(perm[:n_te])
 
 
@@ -329,7 +334,7 @@ def file_info(path: str, options: ArrayOptions | None = None) -> tuple[DatasetIn
         shape, dtype = heads["x"]
         if len(shape) < 2 or shape[0] < 2:
             raise ValueError(f"{p}: a .npy data set must be an array (N, ...) with N >= 2, got shape {shape}")
-        n_test = max(1, round(0.2 * shape[0]))
+        n_test = npy_test_size(shape[0])
         xs = {"x": (shape, dtype)}
         sizes = (shape[0] - n_test, n_test)
     else:

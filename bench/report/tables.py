@@ -650,11 +650,11 @@ def summary_frame(table: Table) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=list(SUMMARY_FIELDS))
 
 
-#: the ``rows.csv`` columns every version of the report wrote
-CSV_COMMON: tuple[str, ...] = ("run_id", "suite", "model", "task", "dataset", "seed", "metric", "input", "variant",
-                               "value", "unit", "status", "config_hash", "extra")
 ROW_FIELDS: tuple[str, ...] = ("run_id", "suite", "model", "family", "task", "dataset", "seed", "metric", "input",
                                "variant", "settings", "value", "unit", "direction", "status", "config_hash", "extra")
+#: the ``rows.csv`` columns every version of the report wrote and a row is read from (schema 1 wrote
+#: ``higher_is_better`` for ``direction`` and encoded the settings in the metric name)
+CSV_COMMON: tuple[str, ...] = tuple(f for f in ROW_FIELDS if f not in ("family", "settings", "direction"))
 
 
 def rows_frame(rows: Iterable[Row], record: dict[str, Any] | None = None) -> pd.DataFrame:
