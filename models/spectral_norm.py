@@ -141,11 +141,11 @@ class SpectralNormLayer(nn.Module):
 
     def normalized_weight(self, update: bool = False) -> Tensor:
         """``W / max(1, sigma / c)`` with ``W = gain * weight``; ``update`` runs power iteration first (training
-        mode only, :meth:`_iterate_sigma`). Same shape as ``weight``. Outside grad mode the result is kept until
+        mode only, :meth:`_iterate_ratio`). Same shape as ``weight``. Outside grad mode the result is kept until
         ``weight``, ``u`` or ``v`` change (:meth:`_key`), so evaluations, inverses and scoring do not recompute it on
         every call."""
         if update and self.training and (self.n_power_iterations > 0 or self.tol is not None):
-            return self._scaled(self._iterate_sigma())
+            return self._scaled(self._iterate_ratio())
         if torch.is_grad_enabled():  # a fresh graph to the weight
             return self._normalized()
         key = self._key()
@@ -154,12 +154,13 @@ class SpectralNormLayer(nn.Module):
             cached = self._weight_cache = (key, self._normalized())
         return cached[1]
 
-    def _iterate_sigma(self) -> Tensor:
+    def _iterate_ratio(self) -> Tensor:
         """``n_power_iterations`` power-iteration steps (with a tolerance: the steps to convergence, then one more),
-        stored in ``u``, ``v``, and ``sigma`` of the result, the
-        last product ``W v`` taken with a graph to ``weight``: ``sigma = ||W v||``, which is ``u^T W v`` for the new
-        ``u = W v / ||W v||`` (what :meth:`sigma` gives right after :meth:`power_iterate`) with the same gradient
-        ``u v^T``, one product and three operations fewer. Scalar."""
+        stored in ``u``, ``v``, and ``sigma / c`` of the result, the last product taken with a graph to ``weight``:
+        ``sigma / c = ||W v'||`` with ``v' = (gain / c) v`` scaled outside the graph, which is ``u^T W v / c`` for the
+        new ``u = W v / ||W v||`` (what :meth:`sigma` gives right after :meth:`power_iterate`) with the same gradient
+        ``gain u v^T / c``: one product and a norm in the graph where ``sigma()`` and the division by ``c`` take
+        five operations. Scalar."""
         weight = self.weight
         w = weight.detach()  # u and v are buffers, so the iteration has no graph without a no_grad block
         if self.tol is not None:
@@ -167,19 +168,20 @@ class SpectralNormLayer(nn.Module):
         else:
             u = self._power_steps(w, self.n_power_iterations - 1)[0]
         v = _normalize(self._adjoint(u, w))
-        wv = self._op(v, weight)
-        norm = torch.linalg.vector_norm(wv)
-        torch.div(wv.detach(), norm.detach().clamp_min(1e-12), out=self.u)
+        scale = self.gain / self.coeff
+        wv = self._op(v if scale == 1.0 else v * scale, weight)
+        ratio = torch.linalg.vector_norm(wv)
+        torch.div(wv.detach(), ratio.detach().clamp_min(1e-12), out=self.u)
         self.v.copy_(v)
-        return norm if self.gain == 1.0 else self.gain * norm
+        return ratio
 
     def _normalized(self) -> Tensor:
-        return self._scaled(self.sigma())
+        return self._scaled(self.sigma() / self.coeff)
 
-    def _scaled(self, sigma: Tensor) -> Tensor:
-        """``W / max(1, sigma / c)`` for the given ``sigma`` (scalar) of ``W = gain * weight``."""
+    def _scaled(self, ratio: Tensor) -> Tensor:
+        """``W / max(1, ratio)`` for ``ratio = sigma / c`` (scalar) of ``W = gain * weight``."""
         w = self.weight if self.gain == 1.0 else self.gain * self.weight
-        return w / torch.clamp(sigma / self.coeff, min=1.0)
+        return w / torch.clamp(ratio, min=1.0)
 
     def _key(self) -> tuple[tuple[int, torch.dtype, int], ...]:
         """Storage, dtype and version counter of ``weight``, ``u`` and ``v``: a new key whenever one changes."""
@@ -236,10 +238,12 @@ class SpectralNormLinear(SpectralNormLayer):
         self._init_vectors((out_features,), (in_features,))
 
     def _op(self, x: Tensor, w: Tensor) -> Tensor:
-        return x @ w.T
+        """``W x`` for a vector ``x``: (in_features,) -> (out_features,), one product (a single node in a graph)."""
+        return torch.mv(w, x)
 
     def _adjoint(self, y: Tensor, w: Tensor) -> Tensor:
-        return y @ w
+        """``W^T y``: (out_features,) -> (in_features,)."""
+        return torch.mv(w.T, y)
 
     def affine(self, x: Tensor, w: Tensor) -> Tensor:
         return F.linear(x, w, self.bias)

@@ -97,12 +97,15 @@ def test_exact_method_equals_autograd_slogdet(cls: type[ResidualFlow], shape: tu
     assert torch.allclose(model.exact_logdet(x), reference, atol=1e-9, rtol=0)
 
 
-def test_analytic_vjp_equals_autograd_vjp() -> None:
+@pytest.mark.parametrize("probes", [1, 3])
+def test_analytic_vjp_equals_autograd_vjp(probes: int) -> None:
+    """The analytic vjp (for vectors :class:`ChainVJP`, whose single-probe path runs on matrices) equals autograd's,
+    and so do the parameter gradients of a quantity built from it."""
     torch.manual_seed(1)
     for shape, act in [(SHAPES[0], "elu"), (SHAPES[0], "lipswish"), (SHAPES[1], "elu"), (SHAPES[1], "lipswish")]:
         net = ResidualNet(shape, 8, 0.9, act).double()
         x = torch.randn(4, *shape, dtype=torch.float64)
-        v = torch.randn(3, 4, *shape, dtype=torch.float64)
+        v = torch.randn(probes, 4, *shape, dtype=torch.float64)
         weights = net.weights(update=False)
         g1, vjp1 = net.linearize(x, weights, "analytic")
         g2, vjp2 = net.linearize(x, weights, "autograd")
