@@ -8,6 +8,8 @@ it between residual blocks.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -18,6 +20,8 @@ class ActNorm(nn.Module):
     ``x``: (B, C) or (B, C, H, W) -> ``y`` of the same shape; ``ladj``: (B,).
     Initialisation happens on the first forward in training mode with a batch of at least 2 (or when
     :meth:`initialize` is called); the ``initialized`` buffer makes it survive ``state_dict`` round trips.
+    :meth:`is_initialized` reads that buffer only until it is seen set: on a GPU every read is a host
+    synchronisation, which a training forward would otherwise pay once per ActNorm.
     """
 
     initialized: Tensor
@@ -27,6 +31,19 @@ class ActNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
         self.log_scale = nn.Parameter(torch.zeros(channels))
         self.register_buffer("initialized", torch.tensor(False))
+        #: the buffer is known to be set (it is only ever set by :meth:`initialize` or by loading a state dict)
+        self._known_initialized = False
+
+    def is_initialized(self) -> bool:
+        """Whether ``initialized`` is set; the buffer is read until it is (then never again, until a state dict is
+        loaded)."""
+        if not self._known_initialized:
+            self._known_initialized = bool(self.initialized)
+        return self._known_initialized
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._known_initialized = False  # the loaded buffer decides
 
     @staticmethod
     def _view(p: Tensor, x: Tensor) -> Tensor:
@@ -39,9 +56,10 @@ class ActNorm(nn.Module):
         self.bias.copy_(-flat.mean(dim=1))
         self.log_scale.copy_(-torch.log(flat.std(dim=1) + eps))
         self.initialized.fill_(True)
+        self._known_initialized = True
 
     def _maybe_init(self, x: Tensor) -> None:
-        if self.training and not bool(self.initialized) and x.shape[0] >= 2:
+        if self.training and x.shape[0] >= 2 and not self.is_initialized():
             self.initialize(x)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

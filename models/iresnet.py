@@ -457,8 +457,8 @@ class ResidualFlow(InvertibleModel):
         ladj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if settings is not None else None
         for norm, block in zip(self.actnorms, self.blocks, strict=True):
             if isinstance(norm, ActNorm):
-                if init == "force" or (init == "lazy" and self.training and not bool(norm.initialized)
-                                       and h.shape[0] >= 2):
+                if init == "force" or (init == "lazy" and self.training and h.shape[0] >= 2
+                                       and not norm.is_initialized()):
                     norm.initialize(h)
                 h, l_norm = norm(h)
                 ladj = None if ladj is None else ladj + l_norm

@@ -15,6 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.suite import SuiteError, parse_suite, validate_names
 from models.activations import ELU, LipSwish
@@ -31,6 +32,7 @@ from models.logdet_estimators import (
     sample_tail,
     tail_survival,
 )
+from models.loss import training_loss
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, unsqueeze
 
@@ -617,6 +619,52 @@ def test_config_rebuilds_and_state_dict_round_trips() -> None:
     z2, l2 = rebuilt(x)
     assert torch.equal(z1, z2) and torch.equal(l1, l2)
     assert all(isinstance(n, ActNorm) and bool(n.initialized) for n in rebuilt.actnorms)
+
+
+class _ScalarReads(TorchDispatchMode):
+    """Counts the operations that copy a tensor's value to Python (on a GPU, host synchronisations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if func.overloadpacket.__name__ in ("_local_scalar_dense", "is_nonzero"):
+            self.reads += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("cls", MODELS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_training_step_reads_no_model_tensor_into_python(cls: type[ResidualFlow], shape: tuple[int, ...]) -> None:
+    """After its ActNorms are initialised, a training forward and backward copies no tensor value to Python (each
+    ActNorm's flag was read on every forward: a host synchronisation per ActNorm on a GPU), except the Residual
+    Flow's roulette length, one draw per block from a generator on the CPU."""
+    model = cls(shape, **SMALL)
+    x = torch.randn(8, *shape)
+    model.train()
+    training_loss(model, x, objective="likelihood").backward()  # initialises the ActNorms
+    with _ScalarReads() as mode:
+        training_loss(model, x, objective="likelihood").backward()
+    roulette = model.estimator_settings().method == "roulette"
+    assert mode.reads == (SMALL["depth"] if roulette else 0)
+
+
+def test_actnorm_reads_its_flag_again_after_a_state_dict_is_loaded() -> None:
+    """The flag kept in Python follows the buffer through ``load_state_dict``: an uninitialised state loaded into an
+    initialised ActNorm makes the next training forward initialise it from that batch."""
+    fresh, used = ActNorm(3), ActNorm(3)
+    used.train()
+    used(torch.randn(16, 3) * 5 + 2)
+    assert used.is_initialized()
+    used.load_state_dict(fresh.state_dict())
+    assert not used.is_initialized()
+    x = torch.randn(16, 3) * 3 - 1
+    y, _ = used(x)
+    assert used.is_initialized()
+    torch.testing.assert_close(y.mean(dim=0), torch.zeros(3), atol=1e-5, rtol=0)
+    fresh.load_state_dict(used.state_dict())
+    assert fresh.is_initialized()
 
 
 def test_defaults_differ_as_the_papers_do() -> None:
