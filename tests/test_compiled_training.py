@@ -203,3 +203,22 @@ def test_many_compiled_trainings_in_one_process_stay_compiled(monkeypatch: pytes
         result = train_likelihood(LinearFlow((3,), seed=seed), vectors(), Budget(steps=2, batch_size=32), CPU,
                                   seed=0, compile="default")
         assert (result.compile.used, result.compile.fallback_error) == ("default", ""), seed
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
+def test_the_native_i_resnet_training_loss_traces_as_one_graph(shape: tuple[int, ...]) -> None:
+    """dynamo traces the native i-ResNet's training loss (forward, log-det, loss) as one graph once its ActNorms are
+    initialised: the ActNorm flag is a Python attribute (reading it from its buffer broke the graph before every
+    ActNorm). Tracing only (``torch._dynamo.explain``), no kernels compiled."""
+    from models.loss import training_loss
+    from models.registry import create
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = create("iresnet-native", shape, depth=2, hidden=16)
+    x = torch.randn(32, *shape)
+    model.data_init(x)
+    model.train()
+    explained = torch._dynamo.explain(lambda t: training_loss(model, t, objective="likelihood"))(x)
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons]
+    assert explained.graph_count == 1
