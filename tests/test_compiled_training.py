@@ -195,14 +195,16 @@ def test_a_compile_that_builds_no_graph_counts_as_a_fallback(monkeypatch: pytest
     assert (result.compile.used, result.compile.fallback_error) == ("off", "NoGraph")
 
 
-def test_many_compiled_trainings_in_one_process_stay_compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_many_compiled_trainings_in_one_process_stay_compiled() -> None:
     import torch._dynamo.config
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)  # each model recompiles the same loss code
-    for seed in range(3):
-        result = train_likelihood(LinearFlow((3,), seed=seed), vectors(), Budget(steps=2, batch_size=32), CPU,
-                                  seed=0, compile="default")
-        assert (result.compile.used, result.compile.fallback_error) == ("default", ""), seed
+    # each model recompiles the same loss code; the config's own patch restores it (pytest's monkeypatch leaves the
+    # option missing afterwards, which breaks every later compile in the process)
+    with torch._dynamo.config.patch(recompile_limit=2):
+        for seed in range(3):
+            result = train_likelihood(LinearFlow((3,), seed=seed), vectors(), Budget(steps=2, batch_size=32), CPU,
+                                      seed=0, compile="default")
+            assert (result.compile.used, result.compile.fallback_error) == ("default", ""), seed
 
 
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
