@@ -210,7 +210,7 @@ def test_many_compiled_trainings_in_one_process_stay_compiled() -> None:
 @pytest.mark.parametrize("shape", [(2,), (1, 8, 8)])
 def test_the_native_i_resnet_training_loss_traces_as_one_graph(shape: tuple[int, ...]) -> None:
     """dynamo traces the native i-ResNet's training loss (forward, log-det, loss) as one graph once its ActNorms are
-    initialised: the ActNorm flag is a Python attribute (reading it from its buffer broke the graph before every
+    initialised: the ActNorm flag is a Python attribute (a read of its buffer would break the graph at every
     ActNorm). Tracing only (``torch._dynamo.explain``), no kernels compiled."""
     from models.loss import training_loss
     from models.registry import create

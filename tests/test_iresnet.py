@@ -637,8 +637,8 @@ class _ScalarReads(TorchDispatchMode):
 @pytest.mark.parametrize("cls", MODELS)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_a_training_step_reads_no_model_tensor_into_python(cls: type[ResidualFlow], shape: tuple[int, ...]) -> None:
-    """After its ActNorms are initialised, a training forward and backward copies no tensor value to Python (each
-    ActNorm's flag was read on every forward: a host synchronisation per ActNorm on a GPU), except the Residual
+    """After its ActNorms are initialised, a training forward and backward copies no tensor value to Python (an
+    ActNorm keeps its flag in Python: a read of the buffer is a host synchronisation on a GPU), except the Residual
     Flow's roulette length, one draw per block from a generator on the CPU."""
     model = cls(shape, **SMALL)
     x = torch.randn(8, *shape)
