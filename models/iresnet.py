@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -54,7 +54,6 @@ from models.logdet_estimators import VJP, block_logdet
 from models.spectral_norm import SpectralNormConv2d, SpectralNormLayer, SpectralNormLinear
 from models.squeeze import squeeze, squeezed_shape, unsqueeze
 
-InitMode = Literal["lazy", "force", "never"]
 #: The largest vector dimension for which ``solver = "newton"`` is accepted: each step builds the (B, D, D) Jacobian
 #: (D rows through the block's chain, :meth:`ChainVJP.jacobian`) and solves with it.
 NEWTON_MAX_DIM = 16
@@ -449,16 +448,17 @@ class ResidualFlow(InvertibleModel):
             return None
         return torch.Generator(device=x.device).manual_seed(int(self.settings.eval_seed))
 
-    def _transform(self, x: Tensor, settings: EstimatorSettings | None, update: bool, init: InitMode
+    def _transform(self, x: Tensor, settings: EstimatorSettings | None, update: bool, force_init: bool = False
                    ) -> tuple[Tensor, Tensor | None]:
-        """``x``: (B, *shape) -> (``z``: (B, *shape), ``ladj``: (B,) or None when ``settings`` is None)."""
+        """``x``: (B, *shape) -> (``z``: (B, *shape), ``ladj``: (B,) or None when ``settings`` is None).
+        ``force_init`` initialises every ActNorm from its input; otherwise each initialises itself on its first
+        training-mode batch (:class:`models.actnorm.ActNorm`)."""
         generator = self._generator(x) if settings is not None else None
         h = self._pre(x)
         ladj = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device) if settings is not None else None
         for norm, block in zip(self.actnorms, self.blocks, strict=True):
             if isinstance(norm, ActNorm):
-                if init == "force" or (init == "lazy" and self.training and h.shape[0] >= 2
-                                       and not norm.is_initialized()):
+                if force_init:
                     norm.initialize(h)
                 h, l_norm = norm(h)
                 ladj = None if ladj is None else ladj + l_norm
@@ -470,29 +470,29 @@ class ResidualFlow(InvertibleModel):
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``x``: (B, *shape) -> ``z``: (B, *shape), ``ladj``: (B,), an estimate unless ``method="exact"``."""
-        z, ladj = self._transform(x, self.settings, update=True, init="lazy")
+        z, ladj = self._transform(x, self.settings, update=True)
         assert ladj is not None
         return z, ladj
 
     def encode(self, x: Tensor) -> Tensor:
         """``z`` alone, without the log-det (one evaluation of each ``g``). ``x``: (B, *shape) -> (B, *shape)."""
-        return self._transform(x, None, update=False, init="never")[0]
+        return self._transform(x, None, update=False)[0]
 
     def exact_logdet(self, x: Tensor) -> Tensor:
         """Exact ``log|det dz/dx|`` from each block's full Jacobian. ``x``: (B, *shape) -> (B,). Small D only."""
         exact = dataclasses.replace(self.settings, method="exact", neumann_grad=False)
-        ladj = self._transform(x, exact, update=False, init="never")[1]
+        ladj = self._transform(x, exact, update=False)[1]
         assert ladj is not None
         return ladj
 
     def data_init(self, x: Tensor) -> None:
         """Initialise every ActNorm from the batch ``x``: (B, *shape), block by block."""
         with torch.no_grad():
-            self._transform(x, None, update=False, init="force")
+            self._transform(x, None, update=False, force_init=True)
 
     def logits(self, x: Tensor) -> Tensor:
         """i-ResNet classifier: linear layer on the flattened ``z``. ``x``: (B, *shape) -> (B, num_classes)."""
-        z = self._transform(x, None, update=True, init="lazy")[0]
+        z = self._transform(x, None, update=True)[0]
         return self.head(z.reshape(z.shape[0], -1))
 
     def _inverse_tol(self, dtype: torch.dtype, certified: bool) -> float:
