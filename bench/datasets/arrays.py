@@ -202,6 +202,14 @@ def _data_file(path: str) -> Path:
     return p
 
 
+def _read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
+    version = np.lib.format.read_magic(fh)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read(fh)
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
+
+
 def _array_header(fh: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
     """``(shape, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
     shape, _, dtype = _read_header(fh)
@@ -313,14 +321,6 @@ def checked_file_info(path: str, options: ArrayOptions | None = None) -> tuple[D
         if row is not None:
             raise ValueError(f"{p}: {what} holds NaN or infinite values (in float32), the first in row {row}")
     return info, sizes
-
-
-def _read_header(fh: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` from the header of a ``.npy`` stream, without reading the data."""
-    version = np.lib.format.read_magic(fh)
-    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read(fh)
-    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype)
 
 
 def file_info(path: str, options: ArrayOptions | None = None) -> tuple[DatasetInfo, tuple[int, int]]:
