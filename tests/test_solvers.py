@@ -17,6 +17,7 @@ from torch import Tensor
 
 from models.fixed_point import ErrorBound, anderson, fixed_point, newton
 from models.iresnet import AUTO_PROBE, NEWTON_MAX_DIM, IResNetNative, ResidualBlock, ResidualNet
+from models.krylov import evaluations_needed, krylov_floor
 
 
 def linear_newton(a: Tensor, b: Tensor) -> Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]]:
@@ -129,3 +130,65 @@ def test_the_native_models_default_to_auto_and_round_trip() -> None:
         x_rec, info = model.invert(model.encode(x))
         assert model.inverse_settings().solver == "auto" and info.converged
         assert float((x_rec - x).abs().max()) < 1e-8
+
+
+def _krylov_case(d: int, lip: float, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The linear map ``G(x) = A x + b`` of :func:`contraction` as ``y - g(x)`` with ``g(x) = -A x``: ``J_g = -A`` for
+    three examples, their starts ``x0`` (random) and errors ``e0 = x* - x0``; returns (A, b, x0, e0)."""
+    a, b, x_star = contraction(d=d, lip=lip, seed=seed)
+    x0 = torch.randn(3, d, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    return a, b, x0, x_star - x0
+
+
+def test_krylov_floor_is_the_least_error_over_the_krylov_space() -> None:
+    """Against a direct least-squares solve over the explicit Krylov matrix ``[r0, A r0, ..., A^{n-1} r0]``, and exact
+    at ``n = D``, where the space is all of it."""
+    d = 6
+    a, _, _, e0 = _krylov_case(d, 0.9)
+    jac = (-a).expand(3, d, d)
+    floor = krylov_floor(jac, e0, d + 2)
+    big_a = torch.eye(d, dtype=torch.float64) - a
+    for n in range(1, d + 1):
+        for b in range(3):
+            powers = [big_a @ e0[b]]
+            for _ in range(n - 1):
+                powers.append(big_a @ powers[-1])
+            k = torch.stack(powers, dim=1)  # (D, n)
+            coeffs = torch.linalg.lstsq(k, e0[b].unsqueeze(1)).solution
+            least = float((e0[b] - (k @ coeffs).squeeze(1)).norm())
+            assert abs(float(floor[n - 1, b]) - least) <= 1e-8 * float(e0[b].norm()), (n, b)
+    assert bool((floor[d - 1:] <= 1e-10 * e0.norm(dim=1)).all())
+    assert bool((floor[1:] <= floor[:-1]).all())
+
+
+def test_krylov_floor_of_a_multiple_of_the_identity_is_reached_in_one_evaluation() -> None:
+    e0 = torch.randn(4, 5, dtype=torch.float64)
+    jac = 0.7 * torch.eye(5, dtype=torch.float64).expand(4, 5, 5)
+    floor = krylov_floor(jac, e0, 3)
+    assert bool((floor <= 1e-12 * e0.norm(dim=1)).all())
+    assert evaluations_needed(floor, 1e-9).tolist() == [1, 1, 1, 1]
+
+
+@pytest.mark.parametrize("solver", ["fixed_point", "anderson"])
+def test_no_solver_gets_below_the_krylov_floor_on_a_linear_block(solver: str) -> None:
+    """Plain iteration and Anderson acceleration (memory longer than the run) after ``n`` evaluations, ``n = 1..12``,
+    never have an error below the floor."""
+    d, caps = 8, 12
+    a, b, x0, e0 = _krylov_case(d, 0.95, seed=3)
+    floor = krylov_floor((-a).expand(3, d, d), e0, caps)
+    x_star = x0 + e0
+    for cap in range(1, caps + 1):
+        if solver == "anderson":
+            x, result = anderson(lambda x: x @ a.T + b, x0, 0.0, 0.0, cap, memory=caps)
+        else:
+            x, result = fixed_point(lambda x: x @ a.T + b, x0, 0.0, 0.0, cap)
+        assert result.iterations == cap
+        error = (x - x_star).norm(dim=1)
+        assert bool((error >= floor[cap - 1] * (1 - 1e-9) - 1e-13).all()), (cap, error, floor[cap - 1])
+
+
+def test_evaluations_needed_is_the_first_evaluation_at_the_target() -> None:
+    floor = torch.tensor([[1.0, 1.0], [1e-3, 0.5], [1e-6, 0.4]], dtype=torch.float64)
+    assert evaluations_needed(floor, 1e-3).tolist() == [2, 0]
+    assert evaluations_needed(floor, 0.45).tolist() == [2, 3]
+    assert evaluations_needed(floor, 1.0).tolist() == [1, 1]

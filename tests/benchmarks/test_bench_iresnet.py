@@ -16,7 +16,10 @@ printed. FrEIA's layers get the native block's (normalised) weights, so both sid
     loosest residual tolerance (``stop = "residual"``) meeting the error, against FrEIA's fixed 50 iterations on the
     ring; and ``auto`` with the models' default certified stop (``stop = "error"``, ``tol = 1e-5``), with each
     block's certified ``Lip(g)``: not reached where a block is not a certified contraction or its bound stalls at
-    the float32 floor. The ring model once more, trained with ``sn_tol = 1e-3``: there the certified stop is reached.
+    the float32 floor. Beside them the Krylov floor (:mod:`models.krylov`): per block, linearised at its solution, the
+    fewest evaluations of ``g`` after which any solver that combines ``y`` and values of ``g`` linearly (plain
+    iteration, Anderson, Broyden, GMRES) can be within 1e-4 or 1e-5 (2-norm) of it, and that count in forward-pass
+    units. The ring model once more, trained with ``sn_tol = 1e-3``: there the certified stop is reached.
 (c) Training step of ``iresnet-native`` against ``realnvp-nflows`` at equal parameter count, and the cost of
     spectral normalisation to a tolerance (``sn_tol = 1e-3``, the Residual Flows code's practice) against one
     power step per training forward, with the power steps it took per layer and forward.
@@ -38,6 +41,8 @@ from bench.timing import time_ratio
 from models.actnorm import ActNorm
 from models.base import InverseSettings
 from models.iresnet import NEWTON_MAX_DIM, IResNetNative, ResidualBlock, ResidualNet
+from models.jacobian import jacobian_from_vjp
+from models.krylov import evaluations_needed, krylov_floor
 from models.logdet_estimators import EstimatorSettings
 from models.spectral_norm import SpectralNormLinear
 
@@ -185,6 +190,51 @@ class _FreiaStack(nn.Module):
         return z
 
 
+#: the per-block error targets (2-norm per example) of the Krylov floor, and the most evaluations it looks at
+FLOOR_TARGETS = (1e-4, 1e-5)
+FLOOR_EVALUATIONS = 40
+
+
+def _krylov_floor(model: IResNetNative, x: Tensor, forward: Callable[[], Tensor]) -> dict[str, Any]:
+    """Each block of ``model`` linearised at its input in the forward pass of ``x`` (the solution its inverse solve
+    seeks), from the solvers' start ``x0 = y``: the fewest evaluations of ``g`` after which a point of ``x0 + K_n``
+    is within each of :data:`FLOOR_TARGETS` of the solution (:func:`models.krylov.krylov_floor`), over the batch and
+    for the median example, in inversion order (last block first, as ``per_block``); and the time of one evaluation
+    of every block's ``g`` in forward-pass units, which turns the evaluations into a floor in those units (the
+    floor costs no residual checks, so it is below what any such solver pays)."""
+    inputs: list[Tensor] = []
+    floors: list[Tensor] = []
+    nets: list[ResidualNet] = []
+    with torch.no_grad():
+        h = model._pre(x)
+        for norm, block in zip(model.actnorms, model.blocks, strict=True):
+            if isinstance(norm, ActNorm):
+                h = norm(h)[0]
+            net = model._block(block).net
+            gx, vjp = net.linearize(h, net.weights(update=False))
+            floors.append(krylov_floor(jacobian_from_vjp(vjp, h), -gx.reshape(h.shape[0], -1), FLOOR_EVALUATIONS))
+            inputs.append(h)
+            nets.append(net)
+            h = h + gx
+
+    def every_g_once() -> None:
+        with torch.no_grad():
+            for net, h_in in zip(nets, inputs, strict=True):
+                net.evaluate(h_in, net.weights(update=False))
+
+    per_evaluation = time_ratio(every_g_once, forward, rounds=21, max_seconds=10)
+    out: dict[str, Any] = {"every_g_over_forward": per_evaluation.median,
+                           "every_g_over_forward_iqr": [per_evaluation.q25, per_evaluation.q75]}
+    for target in FLOOR_TARGETS:
+        needed = [evaluations_needed(f, target) for f in reversed(floors)]  # 0: not within FLOOR_EVALUATIONS
+        worst = [FLOOR_EVALUATIONS + 1 if bool((n == 0).any()) else int(n.max()) for n in needed]
+        median = [int(n.where(n > 0, FLOOR_EVALUATIONS + 1).median()) for n in needed]
+        out[f"{target:.0e}"] = {"evaluations_per_block": worst, "median_example_per_block": median,
+                                "forward_units": sum(worst) / len(worst) * per_evaluation.median,
+                                "reached": all(n <= FLOOR_EVALUATIONS for n in worst)}
+    return out
+
+
 SOLVERS: dict[str, tuple[str, ...]] = {"ring": ("fixed_point", "anderson", "newton", "auto"),
                                         "digits-flat": ("fixed_point", "anderson", "newton", "auto"),
                                         "digits": ("fixed_point", "anderson", "auto")}
@@ -242,9 +292,11 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
         results["freia"] = {"forward_units": freia_stats.median, "iqr": [freia_stats.q25, freia_stats.q75],
                             "iterations_per_block": [50] * len(model.blocks), "reconstruction_error": freia_err}
         head_to_head = time_ratio(lambda: freia.inverse(z), lambda: model.inverse(z), rounds=21, max_seconds=20)
+    floor = _krylov_floor(model, x, forward)
     benchmark.pedantic(lambda: model.inverse(z), rounds=10, iterations=1, warmup_rounds=1)
     versus_freia = None if head_to_head is None else head_to_head.median
     benchmark.extra_info.update({"case": case, "inverse": results, "certified": certified, "batch": x.shape[0],
+                                 "krylov_floor": floor,
                                  "coeff": 0.9,
                                  "depth": len(model.blocks), "freia_over_native_auto_inverse": versus_freia})
     print(f"\n[iresnet inverse cost, {case}, c=0.9, float32, batch 256, "
@@ -267,8 +319,15 @@ def test_inverse_cost_in_forward_units(benchmark: Any, case: str) -> None:
               f"{certified['iterations_per_block']}, bound {'none' if bound is None else f'{bound:.1e}'}, error "
               f"{certified['reconstruction_error']:.1e}); block Lip(g) {lips}"
               + (": a block above 1 is not a certified contraction" if bound is None else ""))
+    print(f"  Krylov floor (solvers that combine y and values of g linearly; each block linearised at its solution, "
+          f"float64): one evaluation of every g = {floor['every_g_over_forward']:.2f} forward passes")
+    for target in FLOOR_TARGETS:
+        f = floor[f"{target:.0e}"]
+        print(f"    per-block error <= {target:.0e} (2-norm): evaluations/block {f['evaluations_per_block']} (median "
+              f"example {f['median_example_per_block']}), >= {f['forward_units']:.2f} forward passes")
     for solver in SOLVERS[case]:
         assert results[solver]["converged"] and results[solver]["reconstruction_error"] <= 1e-5, solver
+    assert all(floor[f"{t:.0e}"]["reached"] for t in FLOOR_TARGETS), floor
 
 
 def test_certified_inverse_after_spectral_norm_to_a_tolerance(benchmark: Any) -> None:
