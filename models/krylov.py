@@ -38,18 +38,19 @@ def krylov_floor(jacobian: Tensor, error0: Tensor, max_evaluations: int) -> Tens
     """
     a = torch.eye(jacobian.shape[1], dtype=torch.float64, device=jacobian.device) + jacobian.double()
     e0 = error0.double()
-    scale = e0.norm(dim=1, keepdim=True)
+    tiny = torch.finfo(torch.float64).tiny
     left = e0.clone()  # the part of e0 outside the space so far
     basis: list[Tensor] = []
     direction = torch.einsum("bij,bj->bi", a, e0)  # r0 = A e0
     floors = []
     for _ in range(max_evaluations):
-        for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to rounding
+        before = direction.norm(dim=1, keepdim=True)
+        for _ in range(2):  # Gram-Schmidt against the basis, twice: orthogonal to rounding
             for q in basis:
                 direction = direction - (direction * q).sum(dim=1, keepdim=True) * q
         norm = direction.norm(dim=1, keepdim=True)
-        grows = norm > 1e-12 * scale.clamp_min(torch.finfo(torch.float64).tiny)  # else the space is exhausted
-        q = torch.where(grows, direction / norm.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+        grows = norm > 1e-10 * before  # else the new direction lies in the space: it has stopped growing
+        q = torch.where(grows, direction / norm.clamp_min(tiny), 0.0)
         basis.append(q)
         left = left - (left * q).sum(dim=1, keepdim=True) * q
         floors.append(left.norm(dim=1))

@@ -142,11 +142,11 @@ def _krylov_case(d: int, lip: float, seed: int = 0) -> tuple[Tensor, Tensor, Ten
 
 def test_krylov_floor_is_the_least_error_over_the_krylov_space() -> None:
     """Against a direct least-squares solve over the explicit Krylov matrix ``[r0, A r0, ..., A^{n-1} r0]``, and exact
-    at ``n = D``, where the space is all of it."""
+    from ``n = D`` on, where the space is all of it."""
     d = 6
     a, _, _, e0 = _krylov_case(d, 0.9)
     jac = (-a).expand(3, d, d)
-    floor = krylov_floor(jac, e0, d + 2)
+    floor = krylov_floor(jac, e0, 2 * d)  # past D the space stops growing
     big_a = torch.eye(d, dtype=torch.float64) - a
     for n in range(1, d + 1):
         for b in range(3):
@@ -157,7 +157,7 @@ def test_krylov_floor_is_the_least_error_over_the_krylov_space() -> None:
             coeffs = torch.linalg.lstsq(k, e0[b].unsqueeze(1)).solution
             least = float((e0[b] - (k @ coeffs).squeeze(1)).norm())
             assert abs(float(floor[n - 1, b]) - least) <= 1e-8 * float(e0[b].norm()), (n, b)
-    assert bool((floor[d - 1:] <= 1e-10 * e0.norm(dim=1)).all())
+    assert bool(torch.isfinite(floor).all()) and bool((floor[d - 1:] <= 1e-10 * e0.norm(dim=1)).all())
     assert bool((floor[1:] <= floor[:-1]).all())
 
 
