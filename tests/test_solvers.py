@@ -51,6 +51,23 @@ def test_newton_replaces_a_non_finite_step_by_the_plain_one() -> None:
     assert float((x - x_star).abs().max()) < 1e-10
 
 
+def test_newton_backtracks_where_full_steps_overshoot() -> None:
+    """``g(x) = -0.99 sin(x)`` elementwise on 61 x 2 points: ``I + J_g = 1 - 0.99 cos(x)`` is near singular around
+    0, where full Newton steps overshoot by factors of 6 and more (without backtracking the solve stalled after 4
+    iterations at residual 13); with it the solve converges, in far fewer evaluations than plain iteration."""
+    lip = 0.99
+    y = torch.linspace(-3, 3, 61, dtype=torch.float64).reshape(-1, 1) * torch.tensor([1.0, 0.5], dtype=torch.float64)
+
+    def linearize(x: Tensor) -> tuple[Tensor, Callable[[], Tensor]]:
+        return y + lip * torch.sin(x), lambda: torch.diag_embed(-lip * torch.cos(x))
+
+    x, result = newton(linearize, y.clone(), 1e-12, 1e-12, 200)
+    _, plain = fixed_point(lambda x: y + lip * torch.sin(x), y.clone(), 1e-12, 1e-12, 100_000)
+    assert result.converged and plain.converged
+    assert result.iterations * 50 < plain.iterations, (result.iterations, plain.iterations)
+    assert float((x - lip * torch.sin(x) - y).abs().max()) < 1e-10
+
+
 def slow_block(d: int, seed: int = 0) -> tuple[ResidualBlock, Tensor, Tensor]:
     """A float64 block contracting slowly: ``g(x) = W_2 elu(W_1 x + 10) + b_2`` with ``W_i`` 0.99 times random
     orthogonal matrices (hidden width d), so the ELU stays linear and ``J_g = W_2 W_1``, a rotation scaled by 0.98.
