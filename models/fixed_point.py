@@ -227,16 +227,16 @@ def newton(linearize: Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]], x
     x_k`` per example (a batched LU solve; at D = 2 it measured faster than the closed form's ten elementwise
     operations; a non-finite solution is replaced by the plain direction ``G(x_k) - x_k``); ``I + J_g`` is invertible
     wherever ``||J_g|| < 1``, and near the solution the error squares each step (Newton's quadratic convergence)
-    against the factor ``Lip(g)`` of plain iteration. The next point evaluated is ``x_k + t d`` with ``t = 1``; it
-    is taken where its residual norm is at most ``(1 - NEWTON_ARMIJO t)`` times that of ``x_k`` (the Newton
-    direction lowers ``||x - G(x)||`` for a small enough ``t``), and otherwise ``t`` is halved for that example
-    (backtracking, one evaluation per try), after :data:`NEWTON_HALVINGS` halvings replaced by the plain step
-    ``G(x_k)``. Without it, a near-singular ``I + J_g`` (``Lip(g)`` close to 1) made full steps overshoot by
-    factors up to 10 and back, so that on a quick-suite 2-D i-ResNet (c = 0.99) some solves stopped after 20
-    iterations at errors of 1.1-1.4. The stopping rule, the returned point ``G(x)`` of the last point evaluated and
-    its a-posteriori bound are those of :func:`fixed_point` (the bound asks nothing of how ``x`` was found), except
-    that it counts as stalled after :data:`NEWTON_STALL` iterations without a new least residual; an iteration is
-    one evaluation of ``G`` and one Jacobian.
+    against the factor ``Lip(g)`` of plain iteration. The next point evaluated is ``x_k + t d``, first with
+    ``t = 1``; it is taken where its residual norm is at most ``(1 - NEWTON_ARMIJO t)`` times that of ``x_k`` (the
+    Newton direction lowers ``||x - G(x)||`` for a small enough ``t``), and otherwise ``t`` is halved for that
+    example (backtracking, one evaluation per try), after :data:`NEWTON_HALVINGS` halvings replaced by the plain
+    step ``G(x_k)``. Full steps alone overshoot where ``I + J_g`` is near singular (``Lip(g)`` close to 1): on a
+    quick-suite 2-D i-ResNet (c = 0.99) they rise about 10x and fall back, iteration after iteration, until the
+    stall rule stops the solve at errors of 1.1-1.4. The stopping rule, the returned point ``G(x)`` of the last
+    point evaluated and its a-posteriori bound are those of :func:`fixed_point` (the bound asks nothing of how ``x``
+    was found), except that it counts as stalled after :data:`NEWTON_STALL` iterations without a new least
+    residual; an iteration is one evaluation of ``G`` and one Jacobian.
     """
     result = SolveResult()
     eye = torch.eye(x0.shape[1], dtype=x0.dtype, device=x0.device)
