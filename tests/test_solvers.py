@@ -53,8 +53,8 @@ def test_newton_replaces_a_non_finite_step_by_the_plain_one() -> None:
 
 def test_newton_backtracks_where_full_steps_overshoot() -> None:
     """``g(x) = -0.99 sin(x)`` elementwise on 61 x 2 points: ``I + J_g = 1 - 0.99 cos(x)`` is near singular around
-    0, where full Newton steps overshoot by factors of 6 and more (without backtracking the solve stalled after 4
-    iterations at residual 13); with it the solve converges, in far fewer evaluations than plain iteration."""
+    0, where full Newton steps overshoot by factors of 6 and more (full steps alone stall after 4 iterations at
+    residual 13); with backtracking the solve converges, in far fewer evaluations than plain iteration."""
     lip = 0.99
     y = torch.linspace(-3, 3, 61, dtype=torch.float64).reshape(-1, 1) * torch.tensor([1.0, 0.5], dtype=torch.float64)
 
