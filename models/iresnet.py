@@ -86,19 +86,14 @@ class ChainVJP(FactoredVJP):
         """``v^T J_g``: (P, B, D) -> (P, B, D); the derivatives broadcast over P. One probe (the default) runs on the
         (B, width) matrix with an ``mm`` a product, where a 3-D ``matmul`` adds two reshapes that a graph records as
         nodes of their own; with more probes the 3-D products are the faster form."""
-        if v.shape[0] != 1:
-            u = v
-            for i in reversed(range(len(self.weights))):
-                u = u @ self.weights[i]
-                if i > 0:
-                    u = u * self.derivs[i - 1]
-            return u
-        w = v[0]
+        single = v.shape[0] == 1
+        product = Tensor.mm if single else Tensor.matmul
+        u = v[0] if single else v
         for i in reversed(range(len(self.weights))):
-            w = w.mm(self.weights[i])
+            u = product(u, self.weights[i])
             if i > 0:
-                w = w * self.derivs[i - 1]
-        return w.unsqueeze(0)
+                u = u * self.derivs[i - 1]
+        return u.unsqueeze(0) if single else u
 
     def jacobian(self) -> Tensor:
         """``J_g``: (B, D, D) ((1, D, D) for a single layer, the same at every point), row ``i`` the product for the
