@@ -243,7 +243,9 @@ def newton(linearize: Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]], x
     shortest = 0.5 ** NEWTON_HALVINGS  # a step halved more often than this gives way to the plain step
     x = x0
     gx = x0
-    taken: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # per example: x_k, G(x_k), d, ||G(x_k) - x_k||
+    # per example, the point x_k taken, G(x_k), the direction d and ||G(x_k) - x_k|| (None before the first point)
+    taken_x = taken_g = taken_d = x0
+    taken_norm: Tensor | None = None
     length: Tensor | None = None  # t per example; None while every example takes full steps
     for k in range(1, max_iter + 1):
         gx, jacobian = linearize(x)
@@ -255,15 +257,17 @@ def newton(linearize: Callable[[Tensor], tuple[Tensor, Callable[[], Tensor]]], x
         norm = f.norm(dim=1)
         step = torch.linalg.solve_ex(jacobian() + eye, f.unsqueeze(2))[0].squeeze(2)
         step = torch.where(torch.isfinite(step), step, f)
-        if taken is not None:
-            accept = norm <= (1 - NEWTON_ARMIJO * (1.0 if length is None else length)) * taken[3]
-        if taken is None or bool(accept.all()):  # the common case: every example takes its point and a full step
-            taken, length = (x, gx, step, norm), None
-            x = x + step
-            continue
-        pick = accept[:, None]
-        taken = (torch.where(pick, x, taken[0]), torch.where(pick, gx, taken[1]), torch.where(pick, step, taken[2]),
-                 torch.where(accept, norm, taken[3]))
-        length = torch.where(accept, 1.0, 0.5 if length is None else 0.5 * length)
-        x = torch.where((length < shortest)[:, None], taken[1], torch.addcmul(taken[0], length[:, None], taken[2]))
+        if taken_norm is not None:
+            accept = norm <= (1 - NEWTON_ARMIJO * (1.0 if length is None else length)) * taken_norm
+            if not bool(accept.all()):  # backtrack where the point falls short: keep x_k, shorten its step
+                pick = accept[:, None]
+                taken_x, taken_g, taken_d = (torch.where(pick, x, taken_x), torch.where(pick, gx, taken_g),
+                                             torch.where(pick, step, taken_d))
+                taken_norm = torch.where(accept, norm, taken_norm)
+                length = torch.where(accept, 1.0, 0.5 if length is None else 0.5 * length)
+                x = torch.where((length < shortest)[:, None], taken_g, torch.addcmul(taken_x, length[:, None], taken_d))
+                continue
+        # the common case: every example takes its point and a full step
+        taken_x, taken_g, taken_d, taken_norm, length = x, gx, step, norm, None
+        x = x + step
     return gx, result
